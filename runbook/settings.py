@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from runbook.errors import ConfigError
 
 ENV_PREFIX = "RUNBOOK_"
-SECRET_BLOCK_PREFIX = "prefect-secret:"
+SECRET_BLOCK_PREFIX = "prefect-secret:"  # noqa: S105 (a marker, not a secret)
 
 
 def _url_with_scheme(*schemes: str) -> AfterValidator:
@@ -207,7 +207,7 @@ def _load_secret_block(field: str, reference: str) -> str:
 
     block = reference.removeprefix(SECRET_BLOCK_PREFIX)
     try:
-        value = Secret.load(block).get()
+        value = cast(Secret[str], Secret.load(block)).get()
     except Exception as exc:
         raise ConfigError(
             f"{env_name(field)} names Prefect Secret block {block!r}, "

@@ -1,0 +1,70 @@
+"""Tasks that talk to the app and its CDN over HTTP."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from runbook.errors import CheckFailedError, TargetUnreachableError
+from runbook.settings import get_settings
+from tasks._policy import RETRY_JITTER_FACTOR, only_transient
+
+
+def client(timeout_seconds: float | None = None) -> httpx.Client:
+    """Return an HTTP client for the app with the configured timeout.
+
+    Args:
+        timeout_seconds: timeout of each request; the check timeout when omitted.
+    """
+    settings = get_settings()
+    return httpx.Client(
+        base_url=str(settings.app_url),
+        timeout=timeout_seconds or settings.check_timeout_seconds,
+        headers={"User-Agent": "bpmn-studio-runbook"},
+    )
+
+
+@task(
+    name="check-app",
+    retries=1,
+    retry_delay_seconds=1,
+    retry_jitter_factor=RETRY_JITTER_FACTOR,
+    retry_condition_fn=only_transient,
+    timeout_seconds=30,
+    cache_policy=NO_CACHE,
+)
+def check_app(verbose: bool = False) -> dict[str, Any]:
+    """Call the app's ``/health`` and report its verdict and latency."""
+    logger = get_run_logger()
+    with client() as http:
+        started = time.perf_counter()
+        try:
+            response = http.get("/health")
+        except httpx.TransportError as exc:
+            raise TargetUnreachableError(
+                f"could not reach the app at {http.base_url}: {type(exc).__name__}"
+            ) from None
+    latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code != 200:
+        failing = [
+            name
+            for name, check in (body.get("checks") or {}).items()
+            if isinstance(check, dict) and check.get("status") != "ok"
+        ]
+        detail = f" (failing: {', '.join(failing)})" if failing else ""
+        raise CheckFailedError(
+            f"the app's /health answered {response.status_code}{detail}"
+        )
+    result: dict[str, Any] = {"status": "up", "latency_ms": latency_ms}
+    if verbose:
+        result.update(version=body.get("version"), checks=body.get("checks"))
+    logger.info("Checked app: /health answered 200 in %s ms", latency_ms)
+    return result

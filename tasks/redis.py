@@ -1,0 +1,72 @@
+"""Tasks that talk to Redis (or Valkey)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from runbook.errors import TargetUnreachableError
+from runbook.redact import redact
+from runbook.settings import get_settings
+from tasks._policy import RETRY_JITTER_FACTOR, only_transient
+
+
+def client(url: str | None = None, timeout_seconds: float | None = None) -> redis.Redis:
+    """Return a client for ``url`` (default: the app's Redis).
+
+    Args:
+        url: Redis URL; the app's when omitted.
+        timeout_seconds: socket connect and read timeout.
+    """
+    settings = get_settings()
+    timeout = timeout_seconds or settings.check_timeout_seconds
+    return redis.Redis.from_url(
+        url or settings.secret("redis_url"),
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+    )
+
+
+def unreachable(exc: redis.RedisError) -> TargetUnreachableError:
+    """Translate a client error into one that never shows credentials."""
+    return TargetUnreachableError(f"could not reach Redis: {redact(str(exc))}")
+
+
+@task(
+    name="check-redis",
+    retries=1,
+    retry_delay_seconds=1,
+    retry_jitter_factor=RETRY_JITTER_FACTOR,
+    retry_condition_fn=only_transient,
+    timeout_seconds=30,
+    cache_policy=NO_CACHE,
+)
+def check_redis(verbose: bool = False) -> dict[str, Any]:
+    """Send ``PING`` to Redis and time the answer."""
+    logger = get_run_logger()
+    conn = client()
+    try:
+        started = time.perf_counter()
+        conn.ping()
+        result: dict[str, Any] = {
+            "status": "up",
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        if verbose:
+            info = conn.info()
+            result.update(
+                server_version=info.get("valkey_version") or info.get("redis_version"),
+                used_memory_bytes=info.get("used_memory"),
+                connected_clients=info.get("connected_clients"),
+                keys=conn.dbsize(),
+            )
+    except redis.RedisError as exc:
+        raise unreachable(exc) from None
+    finally:
+        conn.close()
+    logger.info("Checked Redis: up in %s ms", result["latency_ms"])
+    return result
