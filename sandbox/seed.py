@@ -198,7 +198,7 @@ BYTES_PER_DIAGRAM = 8_000
 _WORD = "(%(words)s::text[])"
 _RANDOM_WORD = f"{_WORD}[1 + floor(random() * %(nwords)s)::int]"
 _TASK_ID = "substr(md5(random()::text || g || '-' || i), 1, 7)"
-DIAGRAM_INSERT = f"""  # noqa: S608 (composed of constants above)
+DIAGRAM_INSERT = f"""
 INSERT INTO diagrams (owner_id, title, xml, created_at, updated_at)
 SELECT 1 + (g %% %(users)s),
        initcap({_WORD}[1 + (g * 7) %% %(nwords)s] || ' '
@@ -218,7 +218,7 @@ SELECT 1 + (g %% %(users)s),
        now() - (g %% 900) * interval '1 hour',
        now() - (g %% 300) * interval '1 hour'
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
-"""
+"""  # noqa: S608 (built from the constants above)
 
 
 def seed_database(database_url: str, size_mb: int) -> dict[str, int]:
