@@ -26,10 +26,8 @@ def actor() -> str:
     flow_run = context.flow_run if context else None
     if flow_run is not None:
         if flow_run.created_by is not None:
-            created_by = flow_run.created_by
-            return (
-                f"{created_by.type.lower()}:{created_by.display_value or created_by.id}"
-            )
+            by = flow_run.created_by
+            return f"{(by.type or 'user').lower()}:{by.display_value or by.id}"
         if flow_run.auto_scheduled:
             return "schedule"
         if flow_run.deployment_id is not None:
