@@ -153,7 +153,7 @@ class AppStub:
         return url
 
     def stop(self) -> None:
-        """Stop serving and close the app's connections to its backends."""
+        """Stop serving for good and close the app's connections to its backends."""
         self._stopping.set()
         if self._watcher is not None:
             self._watcher.join(timeout=2)
@@ -162,6 +162,7 @@ class AppStub:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=1)
+        self._checks.shutdown(wait=False, cancel_futures=True)
         self._redis.close()
         logger.info("Stopped the app stub")
 
