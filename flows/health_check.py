@@ -6,9 +6,10 @@ storage. Every minute, all four at once, each with a timeout.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -52,16 +53,18 @@ class UnhealthyError(CheckFailedError):
         return (type(self), (str(self), self.summary))
 
 
-@flow(name="health-check", log_prints=False)
+ALL_COMPONENTS = tuple(Component)
+
+
+@flow(name="health-check")
 def health_check(
-    components: list[Component] = Field(
-        default_factory=lambda: list(Component),
-        description="Which parts to check; all four by default.",
-        min_length=1,
-    ),
-    verbose: bool = Field(
-        default=False, description="Add versions, sizes and timings to the result."
-    ),
+    components: Annotated[
+        Sequence[Component],
+        Field(min_length=1, description="Which parts to check; all four by default."),
+    ] = ALL_COMPONENTS,
+    verbose: Annotated[
+        bool, Field(description="Add versions, sizes and timings to the result.")
+    ] = False,
 ) -> dict[str, Any]:
     """Check the app, database, Redis and storage at once and give a 200/503 verdict."""
     logger = get_run_logger()
@@ -69,7 +72,7 @@ def health_check(
     selected = list(dict.fromkeys(Component(name) for name in components))
 
     # Run every selected check at once
-    futures: dict[Component, PrefectFuture[dict[str, Any]]] = {
+    futures: dict[Component, PrefectFuture[Any]] = {
         name: CHECKS[name].submit(verbose=verbose) for name in selected
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -40,11 +41,13 @@ def _setup_logging(verbose: bool = False) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(RedactingFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("httpx", "botocore", "urllib3", "boto3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our own modules log here; Prefect's loggers keep Prefect's handlers.
+    for name in ("runbook", "sandbox", "deployments"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for prefect_handler in logging.getLogger("prefect").handlers:
+        prefect_handler.addFilter(RedactingFilter())
 
 
 @app.command()
@@ -203,6 +206,8 @@ def sandbox_fault(
 
 def main() -> None:
     """Run the command line."""
+    # This machine may have no route to Prefect's telemetry endpoint.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     app()
 
 

@@ -85,16 +85,14 @@ class Sandbox:
         }
 
     def _postgres_root(self) -> Path:
-        import pwd
-
         if os.geteuid() != 0:
             return self.state_dir / "postgres"
+        # The state folder is private to root; PostgreSQL runs as `nobody` and
+        # gets a private folder of its own instead.
+        import pwd
+
         user = pwd.getpwnam("nobody")
-        if procs.reachable_by(user.pw_uid, user.pw_gid, self.state_dir):
-            root = self.state_dir / "postgres"
-            root.mkdir(parents=True, exist_ok=True)
-        else:
-            root = Path(tempfile.mkdtemp(prefix="runbook-sandbox-pg-"))
+        root = Path(tempfile.mkdtemp(prefix="runbook-sandbox-pg-"))
         os.chown(root, user.pw_uid, user.pw_gid)
         return root
 

@@ -11,13 +11,9 @@ from runbook.errors import TargetUnreachableError
 
 def only_transient(task: Any, task_run: Any, state: State[Any]) -> bool:
     """Allow a retry only when the task failed because a system did not answer."""
-    try:
-        state.result(raise_on_failure=True)
-    except TargetUnreachableError:
-        return True
-    except Exception:
-        return False
-    return False
+    # Called from sync and async task engines alike: ask for the sync result.
+    outcome = state.result(raise_on_failure=False, _sync=True)  # type: ignore[call-overload]
+    return isinstance(outcome, TargetUnreachableError)
 
 
 # Seconds between attempts; jitter keeps many runs from retrying in step.

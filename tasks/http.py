@@ -13,6 +13,8 @@ from runbook.errors import CheckFailedError, TargetUnreachableError
 from runbook.settings import get_settings
 from tasks._policy import RETRY_JITTER_FACTOR, only_transient
 
+HEADERS = {"User-Agent": "bpmn-studio-runbook"}
+
 
 def client(timeout_seconds: float | None = None) -> httpx.Client:
     """Return an HTTP client for the app with the configured timeout.
@@ -24,7 +26,7 @@ def client(timeout_seconds: float | None = None) -> httpx.Client:
     return httpx.Client(
         base_url=str(settings.app_url),
         timeout=timeout_seconds or settings.check_timeout_seconds,
-        headers={"User-Agent": "bpmn-studio-runbook"},
+        headers=HEADERS,
     )
 
 
@@ -37,13 +39,18 @@ def client(timeout_seconds: float | None = None) -> httpx.Client:
     timeout_seconds=30,
     cache_policy=NO_CACHE,
 )
-def check_app(verbose: bool = False) -> dict[str, Any]:
+async def check_app(verbose: bool = False) -> dict[str, Any]:
     """Call the app's ``/health`` and report its verdict and latency."""
     logger = get_run_logger()
-    with client() as http:
+    settings = get_settings()
+    async with httpx.AsyncClient(
+        base_url=str(settings.app_url),
+        timeout=settings.check_timeout_seconds,
+        headers=HEADERS,
+    ) as http:
         started = time.perf_counter()
         try:
-            response = http.get("/health")
+            response = await http.get("/health")
         except httpx.TransportError as exc:
             raise TargetUnreachableError(
                 f"could not reach the app at {http.base_url}: {type(exc).__name__}"

@@ -46,7 +46,7 @@ def connect(
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
+    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 @task(
@@ -58,24 +58,36 @@ def _first_line(exc: BaseException) -> str:
     timeout_seconds=30,
     cache_policy=NO_CACHE,
 )
-def check_database(verbose: bool = False) -> dict[str, Any]:
+async def check_database(verbose: bool = False) -> dict[str, Any]:
     """Connect to the primary database, run ``SELECT 1`` and time it."""
     logger = get_run_logger()
-    timeout = get_settings().check_timeout_seconds
+    settings = get_settings()
     started = time.perf_counter()
-    with connect(timeout_seconds=timeout) as conn:
-        conn.execute("SELECT 1").fetchone()
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            settings.secret("database_url"),
+            autocommit=True,
+            connect_timeout=max(1, round(settings.check_timeout_seconds)),
+            application_name="runbook",
+        )
+    except psycopg.OperationalError as exc:
+        raise TargetUnreachableError(
+            f"could not connect to PostgreSQL: {redact(_first_line(exc))}"
+        ) from None
+    async with conn:
+        await (await conn.execute("SELECT 1")).fetchone()
         result: dict[str, Any] = {
             "status": "up",
             "latency_ms": round((time.perf_counter() - started) * 1000, 1),
         }
         if verbose:
-            row = conn.execute(
+            cursor = await conn.execute(
                 "SELECT current_setting('server_version'), "
                 "(SELECT count(*) FROM pg_stat_activity), "
                 "current_setting('max_connections')::int, "
                 "pg_database_size(current_database())"
-            ).fetchone()
+            )
+            row = await cursor.fetchone()
             assert row is not None
             result.update(
                 server_version=row[0],

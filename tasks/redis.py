@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import redis
+import redis.asyncio
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -45,28 +46,33 @@ def unreachable(exc: redis.RedisError) -> TargetUnreachableError:
     timeout_seconds=30,
     cache_policy=NO_CACHE,
 )
-def check_redis(verbose: bool = False) -> dict[str, Any]:
+async def check_redis(verbose: bool = False) -> dict[str, Any]:
     """Send ``PING`` to Redis and time the answer."""
     logger = get_run_logger()
-    conn = client()
+    settings = get_settings()
+    conn = redis.asyncio.Redis.from_url(
+        settings.secret("redis_url"),
+        socket_connect_timeout=settings.check_timeout_seconds,
+        socket_timeout=settings.check_timeout_seconds,
+    )
     try:
         started = time.perf_counter()
-        conn.ping()
+        await conn.ping()
         result: dict[str, Any] = {
             "status": "up",
             "latency_ms": round((time.perf_counter() - started) * 1000, 1),
         }
         if verbose:
-            info = conn.info()
+            info = await conn.info()
             result.update(
                 server_version=info.get("valkey_version") or info.get("redis_version"),
                 used_memory_bytes=info.get("used_memory"),
                 connected_clients=info.get("connected_clients"),
-                keys=conn.dbsize(),
+                keys=await conn.dbsize(),
             )
     except redis.RedisError as exc:
         raise unreachable(exc) from None
     finally:
-        conn.close()
+        await conn.aclose()
     logger.info("Checked Redis: up in %s ms", result["latency_ms"])
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -65,9 +66,19 @@ def translate(exc: Exception, attempted: str) -> Exception:
     timeout_seconds=60,
     cache_policy=NO_CACHE,
 )
-def check_storage(verbose: bool = False) -> dict[str, Any]:
+async def check_storage(verbose: bool = False) -> dict[str, Any]:
     """Head the uploads bucket, then write, read back and delete a probe object."""
-    logger = get_run_logger()
+    # boto3 blocks; a thread keeps the task's timeout in force around it.
+    result = await asyncio.to_thread(_probe_bucket, verbose)
+    get_run_logger().info(
+        "Checked storage: bucket %r up in %s ms",
+        get_settings().uploads_bucket,
+        result["latency_ms"],
+    )
+    return result
+
+
+def _probe_bucket(verbose: bool) -> dict[str, Any]:
     settings = get_settings()
     bucket = settings.uploads_bucket
     s3 = client(max_attempts=1)
@@ -93,7 +104,6 @@ def check_storage(verbose: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {"status": "up", "latency_ms": _since(started)}
     if verbose:
         result.update(bucket=bucket, **timings)
-    logger.info("Checked storage: bucket %r up in %s ms", bucket, result["latency_ms"])
     return result
 
 
