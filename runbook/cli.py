@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
