@@ -302,7 +302,8 @@ class Api:
         uid = str(uuid.uuid4())
         prepare(res.key, res.kind, obj, uid, creating=True)
         if res.kind in ("Deployment", "ReplicaSet", "Job"):
-            obj["status"] = {}
+            # ReplicaSetStatus.replicas is the one status field never omitted.
+            obj["status"] = {"replicas": 0} if res.kind == "ReplicaSet" else {}
         if query.get("dryRun"):
             return obj
         created = self.store.create(res.key, obj, uid=uid)

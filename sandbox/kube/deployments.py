@@ -208,7 +208,7 @@ class DeploymentController:
                 "selector": selector,
                 "template": template,
             },
-            "status": {},
+            "status": {"replicas": 0},
         }
         created = self.store.create("replicasets.apps", rs)
         log.debug(

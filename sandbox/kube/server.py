@@ -84,6 +84,8 @@ class ApiHTTPServer(ThreadingHTTPServer):
 def serve(api: Api, host: str, port: int) -> tuple[ApiHTTPServer, threading.Thread]:
     """Bind a server for ``api`` and start serving it in a daemon thread."""
     httpd = ApiHTTPServer((host, port), api)
-    thread = threading.Thread(target=httpd.serve_forever, name="kube-api", daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, args=(0.05,), name="kube-api", daemon=True
+    )
     thread.start()
     return httpd, thread

@@ -123,7 +123,7 @@ class ReplicaSetController:
             "availableReplicas": ready,
             "observedGeneration": meta.get("generation", 1),
         }
-        status = {k: v for k, v in status.items() if v}
+        status = {k: v for k, v in status.items() if v or k == "replicas"}
         if rs.get("status") != status:
 
             def write(obj: Obj) -> None:
