@@ -7,72 +7,26 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-import yaml
-
-from sandbox.kube import openapi, resources, tables
+from sandbox.kube import openapi, resources, subresources, tables
+from sandbox.kube.messages import (
+    Request,
+    Response,
+    Runtime,
+    Target,
+    apply_body,
+    json_body,
+    patch_document,
+)
 from sandbox.kube.objects import prepare
-from sandbox.kube.patching import json_merge_patch, json_patch, strategic_merge_patch
 from sandbox.kube.resources import ResourceType
-from sandbox.kube.selectors import object_matcher, selector_from_match
+from sandbox.kube.selectors import object_matcher
 from sandbox.kube.store import ApiError, Obj, Store, details
 
 log = logging.getLogger(__name__)
 
 AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 WATCH_TIMEOUT_SECONDS = 1800
-
-
-class Runtime(Protocol):
-    """What the API needs from the node simulation: logs and usage figures."""
-
-    def pod_log(
-        self, namespace: str, name: str, container: str, previous: bool
-    ) -> list[str]:
-        """Return a container's log lines, each prefixed with its RFC 3339 time."""
-        ...
-
-    def pod_metrics(self, namespace: str | None) -> list[Obj]:
-        """Return ``PodMetrics`` for running pods."""
-        ...
-
-    def node_metrics(self) -> list[Obj]:
-        """Return ``NodeMetrics`` for the nodes."""
-        ...
-
-
-@dataclass
-class Request:
-    """One HTTP request, decoded."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    accept: str = "application/json"
-    content_type: str = "application/json"
-    body: bytes = b""
-
-
-@dataclass
-class Response:
-    """What to send back: a JSON body, plain text, or a watch stream."""
-
-    status: int = 200
-    body: Any = None
-    content_type: str = "application/json"
-    stream: Iterator[bytes] | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class Target:
-    """A request path resolved to a resource, namespace, name and subresource."""
-
-    res: ResourceType
-    namespace: str | None
-    name: str | None
-    sub: str | None
 
 
 class Api:
@@ -153,11 +107,11 @@ class Api:
             t.sub,
         )
         if t.res.group == "metrics.k8s.io":
-            return self._metrics(req, t)
+            return subresources.metrics(self.runtime, req, t)
         if t.sub == "log":
-            return self._log(req, t)
+            return subresources.pod_log(self.store, self.runtime, req, t)
         if t.sub == "scale":
-            return self._scale(req, t)
+            return subresources.scale(self.store, req, t)
         table = "as=Table" in req.accept
         if req.method == "GET" and t.name is None:
             if req.query.get("watch") in ("true", "1"):
@@ -166,7 +120,9 @@ class Api:
         if req.method == "GET" and req.query.get("watch") in ("true", "1"):
             return self._watch(req, t.res, t.namespace, t.name, table)
         if req.method == "POST" and t.name is None:
-            return Response(201, self.create(t.res, t.namespace, _body(req), req.query))
+            return Response(
+                201, self.create(t.res, t.namespace, json_body(req), req.query)
+            )
         if t.name is None:
             if req.method == "DELETE":
                 return Response(body=self._delete_collection(req, t))
@@ -183,12 +139,12 @@ class Api:
                 )
             return Response(body=obj)
         if req.method == "PUT":
-            return Response(body=self.replace(t, _body(req), req.query))
+            return Response(body=self.replace(t, json_body(req), req.query))
         if req.method == "PATCH":
             return Response(body=self.patch(t, req))
         if req.method == "DELETE":
             return Response(
-                body=self.delete(t, _body(req) if req.body else {}, req.query)
+                body=self.delete(t, json_body(req) if req.body else {}, req.query)
             )
         raise ApiError(405, "MethodNotAllowed", f"{req.method} is not supported here")
 
@@ -348,7 +304,7 @@ class Api:
         except ApiError:
             if "apply-patch" not in req.content_type:
                 raise
-            applied = _apply_body(req)
+            applied = apply_body(req)
             return self.create(t.res, t.namespace, applied, req.query)
         patched = patch_document(current, req)
         patched.setdefault("metadata", {})
@@ -426,99 +382,6 @@ class Api:
                 for obj in self.store.list(res.key, namespace):
                     self.store.delete(res.key, namespace, obj["metadata"]["name"])
 
-    def _scale(self, req: Request, t: Target) -> Response:
-        assert t.name is not None
-        if req.method not in ("GET", "PUT", "PATCH"):
-            raise ApiError(
-                405, "MethodNotAllowed", f"{req.method} is not supported on scale"
-            )
-        current = self.store.get(t.res.key, t.namespace or "", t.name)
-        scale = _scale_of(current)
-        if req.method == "GET":
-            return Response(body=scale)
-        wanted = _body(req) if req.method == "PUT" else patch_document(scale, req)
-        replicas = (wanted.get("spec") or {}).get("replicas")
-        if not isinstance(replicas, int) or replicas < 0:
-            raise ApiError(
-                422,
-                "Invalid",
-                f'Scale.autoscaling "{t.name}" is invalid: '
-                "spec.replicas: Invalid value: must be greater than or equal to 0",
-            )
-        rv = (wanted.get("metadata") or {}).get("resourceVersion")
-        if req.method == "PATCH" and rv == scale["metadata"]["resourceVersion"]:
-            rv = None
-        current["spec"]["replicas"] = replicas
-        current["metadata"]["resourceVersion"] = rv
-        if req.query.get("dryRun"):
-            return Response(body=_scale_of(current))
-        updated = self.store.update(t.res.key, current)
-        return Response(body=_scale_of(updated))
-
-    def _log(self, req: Request, t: Target) -> Response:
-        assert t.name is not None
-        pod = self.store.get("pods", t.namespace or "", t.name)
-        names = [c["name"] for c in pod["spec"].get("containers", [])]
-        container = req.query.get("container") or ""
-        if not container:
-            if len(names) != 1:
-                raise ApiError(
-                    400,
-                    "BadRequest",
-                    f"a container name must be specified for pod {t.name}, "
-                    f"choose one of: [{' '.join(names)}]",
-                )
-            container = names[0]
-        if container not in names:
-            raise ApiError(
-                400,
-                "BadRequest",
-                f"container {container} is not valid for pod {t.name}",
-            )
-        previous = req.query.get("previous") in ("true", "1")
-        lines = self.runtime.pod_log(t.namespace or "", t.name, container, previous)
-        tail = req.query.get("tailLines")
-        if tail is not None:
-            lines = lines[-int(tail) :] if int(tail) > 0 else []
-        if req.query.get("timestamps") not in ("true", "1"):
-            lines = [line.split(" ", 1)[1] for line in lines]
-        text = "".join(line + "\n" for line in lines)
-        limit = req.query.get("limitBytes")
-        if limit:
-            text = text[: int(limit)]
-        return Response(body=text, content_type="text/plain")
-
-    def _metrics(self, req: Request, t: Target) -> Response:
-        if req.method != "GET":
-            raise ApiError(
-                405, "MethodNotAllowed", f"{req.method} is not supported on metrics"
-            )
-        if t.res.kind == "PodMetrics":
-            items = self.runtime.pod_metrics(t.namespace)
-        else:
-            items = self.runtime.node_metrics()
-        if t.name is not None:
-            for item in items:
-                if item["metadata"]["name"] == t.name:
-                    return Response(body=item)
-            raise ApiError(
-                404,
-                "NotFound",
-                f'podmetrics.metrics.k8s.io "{t.name}" not found',
-                details(t.res.key, t.name),
-            )
-        match = object_matcher(
-            req.query.get("labelSelector"), req.query.get("fieldSelector")
-        )
-        return Response(
-            body={
-                "kind": f"{t.res.kind}List",
-                "apiVersion": t.res.api_version,
-                "metadata": {},
-                "items": [i for i in items if match(i)],
-            }
-        )
-
 
 def _group(name: str) -> Obj:
     version = resources.GROUPS[name]
@@ -549,73 +412,3 @@ def _resolve(group: str, version: str, rest: list[str]) -> Target:
             404, "NotFound", "the server could not find the requested resource"
         )
     return Target(res, namespace, name, sub)
-
-
-def _body(req: Request) -> Obj:
-    try:
-        body = json.loads(req.body or b"{}")
-    except json.JSONDecodeError as exc:
-        raise ApiError(
-            400, "BadRequest", f"the request body is not valid JSON: {exc}"
-        ) from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "BadRequest", "the request body must be a JSON object")
-    return body
-
-
-def _apply_body(req: Request) -> Obj:
-    body = yaml.safe_load(req.body or b"{}")
-    if not isinstance(body, dict):
-        raise ApiError(400, "BadRequest", "the apply patch must be an object")
-    return body
-
-
-def patch_document(current: Obj, req: Request) -> Obj:
-    """Apply the request's patch to ``current`` according to its content type."""
-    ctype = req.content_type.split(";")[0].strip()
-    if ctype == "application/json-patch+json":
-        ops = json.loads(req.body or b"[]")
-        if not isinstance(ops, list):
-            raise ApiError(
-                400, "BadRequest", "a JSON patch must be a list of operations"
-            )
-        return json_patch(current, ops)
-    if ctype == "application/merge-patch+json":
-        return json_merge_patch(current, _body(req))
-    if ctype == "application/strategic-merge-patch+json":
-        return strategic_merge_patch(current, _body(req))
-    if ctype == "application/apply-patch+yaml":
-        return strategic_merge_patch(current, _apply_body(req))
-    raise ApiError(
-        415,
-        "UnsupportedMediaType",
-        f"the body of the request was in an unknown format ({ctype}); accepted "
-        "media types include application/json-patch+json, "
-        "application/merge-patch+json, application/strategic-merge-patch+json "
-        "and application/apply-patch+yaml",
-    )
-
-
-def _scale_of(obj: Obj) -> Obj:
-    meta = obj["metadata"]
-    status = obj.get("status") or {}
-    return {
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            k: meta[k]
-            for k in (
-                "name",
-                "namespace",
-                "uid",
-                "resourceVersion",
-                "creationTimestamp",
-            )
-            if k in meta
-        },
-        "spec": {"replicas": obj["spec"].get("replicas", 1)},
-        "status": {
-            "replicas": status.get("replicas", 0),
-            "selector": selector_from_match(obj["spec"].get("selector")),
-        },
-    }

@@ -8,7 +8,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from sandbox.kube.api import Api, Request, Response
+from sandbox.kube.api import Api
+from sandbox.kube.messages import Request, Response
 
 log = logging.getLogger(__name__)
 

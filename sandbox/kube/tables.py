@@ -130,6 +130,17 @@ def _event_object(ev: Obj) -> str:
     return f"{inv.get('kind', '').lower()}/{inv.get('name', '')}"
 
 
+def _ports(svc: Obj) -> str:
+    ports = svc["spec"].get("ports") or []
+    return (
+        ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in ports) or "<none>"
+    )
+
+
+def _pairs(labels: dict[str, str] | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "<none>"
+
+
 def _status(o: Obj, key: str) -> Any:
     return o.get("status", {}).get(key, 0)
 
@@ -175,6 +186,14 @@ COLUMNS: dict[str, list[Column]] = {
         ("Duration", "string", 0, _job_duration),
         ("Age", "string", 0, age),
         *_workload_wide(),
+    ],
+    "Service": [
+        ("Type", "string", 0, lambda o: o["spec"].get("type", "ClusterIP")),
+        ("Cluster-IP", "string", 0, lambda o: o["spec"].get("clusterIP", "<none>")),
+        ("External-IP", "string", 0, lambda o: "<none>"),
+        ("Port(s)", "string", 0, _ports),
+        ("Age", "string", 0, age),
+        ("Selector", "string", 1, lambda o: _pairs(o["spec"].get("selector"))),
     ],
     "Namespace": [
         ("Status", "string", 0, lambda o: o.get("status", {}).get("phase", "Active")),
