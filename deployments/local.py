@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 from prefect import serve
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from runbook.catalog import load_catalog
 from runbook.errors import ConfigError, SandboxError
@@ -54,8 +56,11 @@ def prefect_server(host: str, port: int) -> Iterator[str]:
     try:
         _wait_healthy(api_url, process)
         logger.info("Started the Prefect server; UI at http://%s:%s", host, port)
+        # Flow runs are subprocesses: they read the variable; this process reads
+        # Prefect's settings, which were loaded before the server existed.
         os.environ["PREFECT_API_URL"] = api_url
-        yield api_url
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
     finally:
         process.terminate()
         try:
@@ -115,4 +120,21 @@ def serve_all() -> None:
             )
         )
     logger.info("Serving %s deployments", len(deployments))
-    serve(*deployments)  # type: ignore[arg-type] # sync call returns deployments
+    try:
+        serve(*deployments)  # type: ignore[arg-type] # sync call returns deployments
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # A second Ctrl-C must not cut the shutdown of the server and the stack.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        logger.info("Stopping: the deployments are no longer served")
+
+
+def interrupt_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C, so ``kill`` also stops everything cleanly."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

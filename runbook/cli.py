@@ -45,6 +45,7 @@ def _setup_logging(verbose: bool = False) -> None:
     for name in ("runbook", "sandbox", "deployments"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
+        logger.propagate = False
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     for prefect_handler in logging.getLogger("prefect").handlers:
         prefect_handler.addFilter(RedactingFilter())
@@ -58,9 +59,15 @@ def up(
     size_mb: Annotated[int, typer.Option(help="Seed data size on first start.")] = 5,
 ) -> None:
     """Start Prefect's server and UI, the local stack, and serve every deployment."""
-    from deployments.local import prefect_server, serve_all, target
+    from deployments.local import (
+        interrupt_on_sigterm,
+        prefect_server,
+        serve_all,
+        target,
+    )
 
     _setup_logging()
+    interrupt_on_sigterm()
     try:
         with prefect_server(host, port), target(state_dir, size_mb):
             serve_all()

