@@ -8,13 +8,11 @@ change its behaviour the way the runbook's incidents describe.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
 import logging
 import random
-import socket
 import threading
 import time
 from collections import Counter as TagCounter
@@ -33,10 +31,11 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
+from sandbox.bundle import render_bundle
 from sandbox.faults import Faults
+from sandbox.wsgi import WsgiServer
 
 logger = logging.getLogger(__name__)
 
@@ -399,153 +398,3 @@ def _passed(started: float) -> dict[str, Any]:
 
 def _failed(error: str) -> dict[str, Any]:
     return {"status": "error", "error": error}
-
-
-# The canvas bundle
-
-_BUNDLE_HEAD = """/*! BPMN Studio Web canvas {tag} */
-(function (global) {{
-  "use strict";
-  var VERSION = "{tag}";
-  var SHAPES = {{
-"""
-_BUNDLE_SHAPE = (
-    '    "{name}": {{ width: {width}, height: {height}, '
-    "draw: function (ctx, x, y) {{ ctx.strokeRect(x, y, {width}, {height}); "
-    'ctx.fillText("{name}", x + 4, y + 14); }} }},\n'
-)
-_BUNDLE_TAIL = """  }};
-  function render(canvas, elements) {{
-    var ctx = canvas.getContext("2d");
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
-    elements.forEach(function (element) {{
-      var shape = SHAPES[element.type];
-      if (!shape) {{ throw new Error("Unknown BPMN element " + element.type); }}
-      shape.draw(ctx, element.x, element.y);
-    }});
-    return elements.length;
-  }}
-  global.BpmnStudio = {{ version: VERSION, render: render, shapes: SHAPES }};
-}})(window);
-"""
-_BPMN_ELEMENTS = (
-    "startEvent", "endEvent", "intermediateCatchEvent", "intermediateThrowEvent",
-    "boundaryEvent", "task", "userTask", "serviceTask", "scriptTask", "sendTask",
-    "receiveTask", "manualTask", "businessRuleTask", "callActivity", "subProcess",
-    "exclusiveGateway", "parallelGateway", "inclusiveGateway", "eventBasedGateway",
-    "complexGateway", "dataObjectReference", "dataStoreReference", "participant",
-    "lane", "textAnnotation", "group",
-)  # fmt: skip
-
-
-def render_bundle(tag: str, *, broken: bool = False) -> bytes:
-    """Return the canvas bundle for a version; broken cuts it off mid-statement."""
-    shapes = "".join(
-        _BUNDLE_SHAPE.format(name=name, width=36 + 8 * (i % 9), height=36 + 4 * (i % 5))
-        for i, name in enumerate(_BPMN_ELEMENTS)
-    )
-    body = (_BUNDLE_HEAD.format(tag=tag) + shapes + _BUNDLE_TAIL.format()).encode()
-    if broken:
-        # What a half-written deploy leaves behind: a truncated file, then garbage.
-        return body[: len(body) * 3 // 5] + b"\x00\x00<!DOCTYPE html><title>502</title>"
-    return body
-
-
-# Serving
-
-
-class QuietRequestHandler(WSGIRequestHandler):
-    """Log each request at DEBUG through this module's logger instead of stderr."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        logger.debug("%s %r %s", self.address_string(), self.requestline, code)
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        level = logging.WARNING if type == "error" else logging.DEBUG
-        logger.log(level, "%s %s", self.address_string(), message % args)
-
-
-class _TrackingServer(ThreadedWSGIServer):
-    """A threaded WSGI server that can drop its open connections, like a killed pod."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        # Werkzeug reports an app's unhandled exception here, traceback included.
-        level = logging.ERROR if type == "error" else logging.DEBUG
-        logger.log(level, message, *args)
-
-    def drop_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-
-class WsgiServer:
-    """Serve a WSGI app from daemon threads; stop and start again on the same port."""
-
-    def __init__(
-        self,
-        app: Callable[..., Iterable[bytes]],
-        name: str,
-        handler: type[WSGIRequestHandler] = QuietRequestHandler,
-    ) -> None:
-        self._app = app
-        self._name = name
-        self._handler = handler
-        self._server: _TrackingServer | None = None
-        self._thread: threading.Thread | None = None
-        self.address: tuple[str, int] | None = None
-
-    @property
-    def running(self) -> bool:
-        """Return whether the port is open."""
-        return self._server is not None
-
-    @property
-    def url(self) -> str:
-        """Return the base URL; the server must have been started once."""
-        if self.address is None:
-            raise RuntimeError(f"The {self._name} server was never started.")
-        return f"http://{self.address[0]}:{self.address[1]}"
-
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Open the port and serve in a daemon thread; return the base URL."""
-        server = _TrackingServer(host, port, self._app, handler=self._handler)
-        self._server = server
-        self.address = (host, server.server_port)
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"{self._name}-server",
-            daemon=True,
-        )
-        self._thread.start()
-        return self.url
-
-    def stop(self, *, drop_connections: bool = False) -> None:
-        """Close the port; with drop_connections also reset open connections."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if drop_connections:
-            server.drop_connections()
-        if self._thread is not None:
-            self._thread.join(timeout=5)

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 from werkzeug.wrappers import Request, Response
 
-from sandbox.app import WsgiServer
 from sandbox.faults import Faults
+from sandbox.wsgi import WsgiServer
 
 logger = logging.getLogger(__name__)
 

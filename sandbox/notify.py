@@ -23,8 +23,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from sandbox.app import WsgiServer
 from sandbox.faults import Faults
+from sandbox.wsgi import WsgiServer
 
 logger = logging.getLogger(__name__)
 

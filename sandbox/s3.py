@@ -18,8 +18,8 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 
-from sandbox.app import QuietRequestHandler, WsgiServer
 from sandbox.faults import Faults
+from sandbox.wsgi import QuietRequestHandler, WsgiServer
 
 logger = logging.getLogger(__name__)
 
