@@ -23,6 +23,7 @@ def run_health_check(**parameters: Any) -> tuple[bool, dict[str, Any]]:
     state = health_check(**parameters, return_state=True)
     outcome = state.result(raise_on_failure=False)
     if state.is_completed():
+        assert isinstance(outcome, dict)
         return True, outcome
     assert isinstance(outcome, UnhealthyError), outcome
     return False, outcome.summary

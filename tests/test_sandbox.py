@@ -75,12 +75,14 @@ class TestStackLifecycle:
     """`runbook sandbox up|status|env|down`, run as a user would, in order."""
 
     def test_up_then_status_lists_every_key(self, lifecycle: Path) -> None:
-        started = runbook("sandbox", "up", "--state-dir", str(lifecycle), "--size-mb", "1")
+        started = runbook(
+            "sandbox", "up", "--state-dir", str(lifecycle), "--size-mb", "1"
+        )
         assert started.returncode == 0, started.stderr[-3000:]
         status = runbook("sandbox", "status", "--json", "--state-dir", str(lifecycle))
         assert status.returncode == 0
         info = json.loads(status.stdout)
-        assert STATUS_KEYS <= set(info)
+        assert set(info) >= STATUS_KEYS
         assert info["running"] is True
         assert all(info["components"].values())
 
@@ -144,7 +146,7 @@ class TestStackLifecycle:
         assert "pod/bpmn-studio-" in listed.stdout
 
     def test_unknown_fault_is_refused(self, lifecycle: Path) -> None:
-        with pytest.raises(SandboxError, match="unknown fault 'disk-full'.*db-down"):
+        with pytest.raises(SandboxError, match=r"unknown fault 'disk-full'.*db-down"):
             Sandbox(lifecycle).fault("disk-full")
 
     def test_down_leaves_no_process(self, lifecycle: Path) -> None:

@@ -81,5 +81,5 @@ class TestLoadSettings:
 
     def test_unreadable_secret_block_is_named(self, env: pytest.MonkeyPatch) -> None:
         env.setenv("RUNBOOK_SLACK_TOKEN", "prefect-secret:no-such-block")
-        with pytest.raises(ConfigError, match="RUNBOOK_SLACK_TOKEN.*no-such-block"):
+        with pytest.raises(ConfigError, match=r"RUNBOOK_SLACK_TOKEN.*no-such-block"):
             load_settings()
