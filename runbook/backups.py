@@ -99,6 +99,11 @@ def restore_database_name(database: str, backup_id: str) -> str:
     return _with_suffix(database, f"_restore_{_identifier(backup_id)}")
 
 
+def staging_database_name(database: str, backup_id: str) -> str:
+    """Return the database a replacing restore fills before swapping it in."""
+    return _with_suffix(database, f"_staged_{_identifier(backup_id)}")
+
+
 def drill_database_name(database: str, backup_id: str) -> str:
     """Return the scratch database a restore drill of ``backup_id`` uses."""
     return _with_suffix(database, f"_drill_{_identifier(backup_id)}")
@@ -118,7 +123,8 @@ class StoredObject(BaseModel):
     size_bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     source_etag: str | None = Field(
-        None, description="Upload's ETag (or size and mtime) when it was copied."
+        default=None,
+        description="Upload's ETag (or size and mtime) when it was copied.",
     )
 
 
@@ -136,7 +142,7 @@ class RedisPart(BaseModel):
     """What the manifest says about the Redis snapshot."""
 
     server_version: str
-    keys: dict[str, int] = Field(description="Keys per logical database at backup.")
+    keys_per_db: dict[str, int] = Field(description="Keys per logical database.")
     rdb_bytes: int = Field(ge=0)
 
 

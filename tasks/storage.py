@@ -20,12 +20,17 @@ from tasks._policy import RETRY_JITTER_FACTOR, only_transient
 PROBE_PREFIX = "_runbook/health/"
 
 
-def client(timeout_seconds: float | None = None, max_attempts: int = 3) -> Any:
+def client(
+    timeout_seconds: float | None = None,
+    max_attempts: int = 3,
+    max_pool_connections: int = 10,
+) -> Any:
     """Return a boto3 S3 client built from the settings.
 
     Args:
         timeout_seconds: connect and read timeout of each request.
         max_attempts: botocore's own attempts for throttling and 5xx answers.
+        max_pool_connections: connections kept open, for threads sharing it.
     """
     settings = get_settings()
     timeout = timeout_seconds or settings.check_timeout_seconds
@@ -41,6 +46,7 @@ def client(timeout_seconds: float | None = None, max_attempts: int = 3) -> Any:
             connect_timeout=timeout,
             read_timeout=timeout,
             retries={"max_attempts": max_attempts, "mode": "standard"},
+            max_pool_connections=max_pool_connections,
         ),
     )
 

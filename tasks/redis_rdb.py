@@ -1,0 +1,376 @@
+"""Tasks that back up and restore Redis through its own protocol, as a replica would.
+
+A backup asks the server for an RDB snapshot over the network, the way
+``redis-cli --rdb`` does (``REPLCONF rdb-only 1`` then ``SYNC``), and streams it to
+S3: no shell or file access to the Redis host, so it works where the host is not
+ours. A restore loads the snapshot into a temporary server started here, then copies
+every key into the target with ``DUMP``/``RESTORE ... REPLACE``, keeping TTLs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, cast
+from urllib.parse import unquote, urlsplit
+
+import redis
+import zstandard
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from runbook.backups import StoredObject
+from runbook.errors import CheckFailedError, ConfigError, TargetUnreachableError
+from runbook.settings import get_settings
+from tasks import storage
+from tasks.redis import client, unreachable
+from tasks.storage_stream import MIB, MultipartUpload, VerifiedObject, decompress_into
+
+EOF_MARK_BYTES = 40
+COPY_BATCH = 500
+LOAD_TIMEOUT_SECONDS = 600
+
+
+def _command(*words: str | bytes) -> bytes:
+    parts = [f"*{len(words)}\r\n".encode()]
+    for word in words:
+        data = word.encode() if isinstance(word, str) else word
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class ReplicationLink:
+    """A replica's connection to Redis that fetches one RDB snapshot."""
+
+    def __init__(self, url: str, timeout_seconds: float, eof_capable: bool) -> None:
+        self.url = urlsplit(url)
+        self.timeout_seconds = timeout_seconds
+        self.eof_capable = eof_capable
+        self.received_bytes = 0
+
+    def _connect(self) -> Any:
+        host, port = self.url.hostname or "127.0.0.1", self.url.port or 6379
+        try:
+            sock = socket.create_connection((host, port), self.timeout_seconds)
+            if self.url.scheme == "rediss":
+                context = ssl.create_default_context()
+                sock = context.wrap_socket(sock, server_hostname=host)
+        except OSError as exc:
+            raise TargetUnreachableError(
+                f"could not connect to Redis at {host}:{port}: {type(exc).__name__}"
+            ) from None
+        return sock
+
+    def _reply(self, stream: Any, what: str) -> bytes:
+        line = stream.readline()
+        if not line:
+            raise TargetUnreachableError(f"Redis closed the link during {what}")
+        if line.startswith(b"-"):
+            message = line[1:].decode(errors="replace").strip()
+            raise CheckFailedError(f"Redis refused {what}: {message}")
+        return bytes(line.rstrip(b"\r\n"))
+
+    def snapshot(self) -> Iterator[bytes]:
+        """Yield the RDB snapshot's bytes as they arrive."""
+        sock = self._connect()
+        try:
+            stream = sock.makefile("rb")
+            password = unquote(self.url.password or "")
+            if password:
+                user = unquote(self.url.username or "") or "default"
+                sock.sendall(_command("AUTH", user, password))
+                self._reply(stream, "AUTH")
+            sock.sendall(_command("REPLCONF", "rdb-only", "1"))
+            with contextlib.suppress(CheckFailedError):  # older than Redis 7
+                self._reply(stream, "REPLCONF rdb-only")
+            if self.eof_capable:
+                sock.sendall(_command("REPLCONF", "capa", "eof"))
+                self._reply(stream, "REPLCONF capa")
+            sock.sendall(_command("SYNC"))
+            header = b""
+            while not header.startswith(b"$"):  # newlines keep the link alive
+                header = self._reply(stream, "SYNC")
+            if header.startswith(b"$EOF:"):
+                yield from self._until_mark(stream, header[5:])
+            else:
+                yield from self._exactly(stream, int(header[1:]))
+        except (OSError, ValueError) as exc:
+            raise TargetUnreachableError(
+                f"the link to Redis broke after {self.received_bytes} bytes of the "
+                f"snapshot: {type(exc).__name__}"
+            ) from None
+        finally:
+            sock.close()
+
+    def _exactly(self, stream: Any, length: int) -> Iterator[bytes]:
+        while self.received_bytes < length:
+            chunk = stream.read1(min(MIB, length - self.received_bytes))
+            if not chunk:
+                raise TargetUnreachableError(
+                    f"Redis closed the link after {self.received_bytes} of "
+                    f"{length} bytes of the snapshot"
+                )
+            self.received_bytes += len(chunk)
+            yield chunk
+
+    def _until_mark(self, stream: Any, mark: bytes) -> Iterator[bytes]:
+        if len(mark) != EOF_MARK_BYTES:
+            raise CheckFailedError("Redis sent a malformed end-of-snapshot mark")
+        held = b""
+        while True:
+            chunk = stream.read1(MIB)
+            if not chunk:
+                raise TargetUnreachableError(
+                    f"Redis closed the link after {self.received_bytes} bytes of "
+                    "the snapshot, before its end mark"
+                )
+            held += chunk
+            if held.endswith(mark):
+                body = held[:-EOF_MARK_BYTES]
+                self.received_bytes += len(body)
+                yield body
+                return
+            body, held = held[:-EOF_MARK_BYTES], held[-EOF_MARK_BYTES:]
+            self.received_bytes += len(body)
+            yield body
+
+
+def server_facts(url: str | None = None) -> dict[str, Any]:
+    """Return the server's version and its keys per logical database.
+
+    Args:
+        url: Redis URL; the app's when omitted.
+    """
+    conn = client(url)
+    try:
+        info = conn.info()
+    except redis.RedisError as exc:
+        raise unreachable(exc) from None
+    finally:
+        conn.close()
+    version = info.get("valkey_version") or info.get("redis_version") or "unknown"
+    keys = {
+        name.removeprefix("db"): int(value["keys"])
+        for name, value in info.items()
+        if name.startswith("db") and name[2:].isdigit() and isinstance(value, dict)
+    }
+    return {"server_version": str(version), "keys_per_db": keys}
+
+
+@task(name="dump-redis", cache_policy=NO_CACHE)
+def dump_redis(
+    bucket: str, key: str, name: str, eof_capable: bool = False
+) -> tuple[StoredObject, dict[str, Any]]:
+    """Fetch an RDB snapshot from Redis over the network and stream it to S3.
+
+    Args:
+        bucket: backup bucket.
+        key: key of the snapshot object.
+        name: the object's name inside the backup.
+        eof_capable: ask for the diskless form (no file written on the server).
+    """
+    logger = get_run_logger()
+    settings = get_settings()
+    facts = server_facts()
+    link = ReplicationLink(settings.secret("redis_url"), 60, eof_capable)
+    compressor = zstandard.ZstdCompressor(
+        level=settings.backup_zstd_level,
+        threads=settings.backup_zstd_threads,
+        write_checksum=True,
+    )
+    started = time.perf_counter()
+    upload = MultipartUpload(
+        storage.client(timeout_seconds=60),
+        bucket,
+        key,
+        settings.backup_part_size_mb * MIB,
+        settings.backup_part_concurrency,
+    )
+    with (
+        upload,
+        compressor.stream_writer(cast(IO[bytes], upload), closefd=False) as zstd,
+    ):
+        for chunk in link.snapshot():
+            zstd.write(chunk)
+    seconds = round(time.perf_counter() - started, 3)
+    logger.info(
+        "Fetched Redis snapshot to s3://%s/%s: %s bytes, %s compressed, in %s s",
+        bucket,
+        key,
+        link.received_bytes,
+        upload.size_bytes,
+        seconds,
+    )
+    stored = StoredObject(
+        name=name, key=key, size_bytes=upload.size_bytes, sha256=upload.sha256
+    )
+    return stored, {**facts, "rdb_bytes": link.received_bytes, "seconds": seconds}
+
+
+@task(name="fetch-redis-snapshot", cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def fetch_redis_snapshot(bucket: str, stored: StoredObject, folder: Path) -> Path:
+    """Download a backup's RDB snapshot into ``folder``, checking its sha256.
+
+    Args:
+        bucket: backup bucket.
+        stored: the snapshot object, as the manifest lists it.
+        folder: where ``dump.rdb`` is written.
+    """
+    path = folder / "dump.rdb"
+    checked = VerifiedObject(bucket, stored)
+    with path.open("wb") as sink:
+        written = decompress_into(checked, sink)
+    get_run_logger().info(
+        "Downloaded Redis snapshot %s (%s bytes, sha256 verified)", stored.key, written
+    )
+    return path
+
+
+@contextlib.contextmanager
+def scratch_server(rdb: Path) -> Iterator[str]:
+    """Run a temporary Valkey/Redis server on ``rdb`` for the block; yield its URL.
+
+    Args:
+        rdb: the snapshot file; the server loads it from its folder.
+    """
+    binary = get_settings().redis_server_bin
+    if binary is None:
+        from sandbox.valkey import valkey_binary
+
+        binary = valkey_binary()
+    if not binary.is_file():
+        raise ConfigError(
+            f"no redis/valkey server at {binary}; set RUNBOOK_REDIS_SERVER_BIN"
+        )
+    password = secrets.token_urlsafe(16)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = rdb.parent / "scratch.conf"
+    config.write_text(
+        f"bind 127.0.0.1\nport {port}\ndir {rdb.parent}\ndbfilename {rdb.name}\n"
+        f'save ""\nappendonly no\nrequirepass {password}\n'
+    )
+    config.chmod(0o600)
+    log = (rdb.parent / "scratch.log").open("wb")
+    process = subprocess.Popen(  # noqa: S603 (argv list, configured binary)
+        [str(binary), str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    try:
+        _wait_loaded(url, process, rdb.parent / "scratch.log")
+        get_run_logger().info(
+            "Started a scratch Redis on port %s from %s", port, rdb.name
+        )
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _wait_loaded(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + LOAD_TIMEOUT_SECONDS
+    conn = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+                raise CheckFailedError(
+                    "the scratch Redis could not load the snapshot: " + " / ".join(tail)
+                )
+            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                if conn.ping() and not conn.info("persistence").get("loading"):
+                    return
+            time.sleep(0.1)
+    finally:
+        conn.close()
+    raise CheckFailedError("the scratch Redis did not finish loading the snapshot")
+
+
+def _with_db(url: str, db: int) -> str:
+    return urlsplit(url)._replace(path=f"/{db}").geturl()
+
+
+@task(name="count-redis-keys", cache_policy=NO_CACHE)
+def count_redis_keys(url: str) -> dict[str, int]:
+    """Count the keys of each logical database of the Redis at ``url``."""
+    keys: dict[str, int] = server_facts(url)["keys_per_db"]
+    get_run_logger().info("Counted %s keys in the scratch Redis", sum(keys.values()))
+    return keys
+
+
+@task(name="copy-redis-keys", cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def copy_redis_keys(source_url: str, flush: bool) -> dict[str, int]:
+    """Copy every key of ``source_url`` into the app's Redis, TTLs kept, replacing.
+
+    Args:
+        source_url: the scratch server holding the snapshot.
+        flush: empty each target database first (the caller has the confirmation).
+    """
+    logger = get_run_logger()
+    target_url = get_settings().secret("redis_url")
+    copied: dict[str, int] = {}
+    for db in sorted(server_facts(source_url)["keys_per_db"], key=int):
+        source = redis.Redis.from_url(_with_db(source_url, int(db)), socket_timeout=30)
+        target = client(_with_db(target_url, int(db)), timeout_seconds=30)
+        try:
+            if flush:
+                target.flushdb()
+                logger.info("Flushed Redis database %s before the restore", db)
+            copied[db] = _copy_keys(source, target)
+        except redis.RedisError as exc:
+            raise unreachable(exc) from None
+        finally:
+            source.close()
+            target.close()
+    logger.info("Restored %s Redis keys with their TTLs", sum(copied.values()))
+    return copied
+
+
+def _copy_keys(source: redis.Redis, target: redis.Redis) -> int:
+    copied = 0
+    batch: list[bytes] = []
+
+    def flush_batch() -> int:
+        with source.pipeline(transaction=False) as reads:
+            for key in batch:
+                reads.dump(key)
+                reads.pttl(key)
+            answers = reads.execute()
+        restored = 0
+        with target.pipeline(transaction=False) as writes:
+            for key, payload, ttl in zip(
+                batch, answers[::2], answers[1::2], strict=True
+            ):
+                if payload is None or ttl == -2:  # expired meanwhile
+                    continue
+                writes.restore(key, max(int(ttl), 0), payload, replace=True)
+                restored += 1
+            writes.execute()
+        batch.clear()
+        return restored
+
+    for key in source.scan_iter(count=1000):
+        batch.append(key)
+        if len(batch) >= COPY_BATCH:
+            copied += flush_batch()
+    if batch:
+        copied += flush_batch()
+    return copied
+
+
+def make_temp_folder(prefix: str) -> Path:
+    """Return a new private folder under the restore temp folder."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=get_settings().restore_temp_dir))
