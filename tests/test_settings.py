@@ -79,7 +79,9 @@ class TestLoadSettings:
         assert "hunter2-secret" not in text
         assert "redis-secret-pw" not in text
 
-    def test_unreadable_secret_block_is_named(self, env: pytest.MonkeyPatch) -> None:
+    def test_unreadable_secret_block_is_named(
+        self, prefect_harness: None, env: pytest.MonkeyPatch
+    ) -> None:
         env.setenv("RUNBOOK_SLACK_TOKEN", "prefect-secret:no-such-block")
         with pytest.raises(ConfigError, match=r"RUNBOOK_SLACK_TOKEN.*no-such-block"):
             load_settings()
