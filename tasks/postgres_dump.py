@@ -247,6 +247,27 @@ def _drop_database(database: str) -> None:
         )
 
 
+def _restore_streaming(
+    checked: VerifiedObject, argv: list[str], env: dict[str, str], what: str
+) -> None:
+    child = _Child(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert child.process.stdin is not None
+    try:
+        try:
+            decompress_into(checked, child.process.stdin)
+        except BrokenPipeError:
+            # pg_restore stopped reading: a damaged object is the likelier cause
+            checked.drain_and_verify()
+            child.wait(what)
+            raise
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                child.process.stdin.close()
+        child.wait(what)
+    finally:
+        child.kill()
+
+
 @task(name="restore-database", cache_policy=NO_CACHE, timeout_seconds=12 * 3600)
 def restore_database(
     bucket: str, stored: StoredObject, database: str
@@ -274,20 +295,7 @@ def restore_database(
     try:
         checked = VerifiedObject(bucket, stored)
         if jobs == 1:
-            child = _Child(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-            try:
-                assert child.process.stdin is not None
-                try:
-                    decompress_into(checked, child.process.stdin)
-                finally:
-                    with contextlib.suppress(BrokenPipeError):
-                        child.process.stdin.close()
-                child.wait(f"restore into database {database!r}")
-            except BrokenPipeError:
-                child.wait(f"restore into database {database!r}")
-                raise
-            finally:
-                child.kill()
+            _restore_streaming(checked, argv, env, f"restore into {database!r}")
             temp_bytes = 0
         else:
             with tempfile.NamedTemporaryFile(

@@ -299,7 +299,7 @@ def abort_stale_uploads(older_than_hours: float, dry_run: bool) -> list[str]:
     return [u["Key"] for u in stale]
 
 
-@task(name="delete-partial-backup", **RETRIES)
+@task(name="delete-partial-backup", cache_policy=NO_CACHE)  # prune retries it later
 def delete_partial_backup(backup_id: str) -> int:
     """Delete what a failed backup wrote; it has no manifest and never will."""
     s3, bucket, environment = _location()

@@ -197,6 +197,12 @@ class VerifiedObject:
             self.size_bytes += len(chunk)
             yield chunk
 
+    def drain_and_verify(self) -> None:
+        """Read what is left of the object, then ``verify``."""
+        for _ in self:
+            pass
+        self.verify()
+
     def verify(self) -> None:
         """Fail unless the bytes read match the manifest's size and sha256."""
         digest = self._sha256.hexdigest()
@@ -224,9 +230,7 @@ def decompress_into(checked: VerifiedObject, sink: IO[bytes]) -> int:
             sink.write(data)
             written += len(data)
     except zstandard.ZstdError as exc:
-        for _ in checked:  # read the rest: a checksum mismatch is the better news
-            pass
-        checked.verify()
+        checked.drain_and_verify()  # a checksum mismatch is the better news
         raise BackupMismatchError(
             f"backup object {checked.stored.key} is corrupt: {exc}"
         ) from None
