@@ -218,6 +218,35 @@ class Settings(BaseSettings):
         "advisory locks (never the one a restore renames).",
     )
 
+    # Deploys
+    deploy_smoke_checks: list[
+        Annotated[str, Field(pattern=r"^/\S* [1-5][0-9][0-9]( .+)?$")]
+    ] = Field(
+        [
+            '/health 200 "status": "ok"',
+            "/api/diagrams?limit=1 200 diagrams",
+            "/static/js/bpmn.bundle.js 200 BpmnStudio",
+        ],
+        description="GET requests a new release must answer after its rollout, "
+        'each "PATH STATUS [BODY FRAGMENT]", as a JSON list.',
+    )
+    deploy_watch_interval_seconds: float = Field(
+        30, ge=0.5, le=600, description="Time between two samples of the watch."
+    )
+    deploy_min_requests: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="Fewest requests a watch window needs before it is judged; "
+        "quieter windows are merged with the next.",
+    )
+    deploy_rollout_timeout_seconds: float = Field(
+        900,
+        ge=5,
+        le=7200,
+        description="Longest wait for a rollout, whatever its progress deadline.",
+    )
+
     @field_validator("uploads_bucket", "backup_bucket", "dr_backup_bucket")
     @classmethod
     def _bucket_name(cls, value: str | None) -> str | None:

@@ -118,6 +118,8 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType(
         "batch", "v1", "Job", "jobs", True, (), ("all",), ALL_VERBS, (_STATUS,)
     ),
+    # The runbook's deploy and rollback flows lock a Deployment with a Lease.
+    ResourceType("coordination.k8s.io", "v1", "Lease", "leases"),
     ResourceType(
         "metrics.k8s.io", "v1beta1", "PodMetrics", "pods", True, (), (), READ_VERBS
     ),
@@ -125,7 +127,12 @@ RESOURCES: tuple[ResourceType, ...] = (
         "metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", False, (), (), READ_VERBS
     ),
 )
-GROUPS: dict[str, str] = {"apps": "v1", "batch": "v1", "metrics.k8s.io": "v1beta1"}
+GROUPS: dict[str, str] = {
+    "apps": "v1",
+    "batch": "v1",
+    "coordination.k8s.io": "v1",
+    "metrics.k8s.io": "v1beta1",
+}
 
 
 def find_resource(group: str, version: str, plural: str) -> ResourceType | None:
