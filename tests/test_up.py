@@ -38,6 +38,17 @@ def wait_for(
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def deployment_exists(api_url: str) -> bool:
+    """Tell whether the server answers and knows the health-check deployment."""
+    try:
+        response = httpx.get(
+            f"{api_url}/deployments/name/health-check/health-check", timeout=5
+        )
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200
+
+
 async def serve_and_run_health_check(api_url: str) -> tuple[DeploymentResponse, str]:
     """Return the served health-check deployment and the final state of one run."""
     async with PrefectClient(api_url) as client:
