@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from runbook.errors import TargetUnreachableError
@@ -19,3 +21,21 @@ def only_transient(task: Any, task_run: Any, state: State[Any]) -> bool:
 # Seconds between attempts; jitter keeps many runs from retrying in step.
 RETRY_DELAYS_SECONDS = [1, 3, 9]
 RETRY_JITTER_FACTOR = 0.5
+
+
+def probe_task(name: str, timeout_seconds: float = 30) -> Any:
+    """Return the decorator of a health probe: one quick retry, then a verdict.
+
+    Args:
+        name: the task's name in the UI.
+        timeout_seconds: how long the whole probe (and its retry) may take.
+    """
+    return task(
+        name=name,
+        retries=1,
+        retry_delay_seconds=1,
+        retry_jitter_factor=RETRY_JITTER_FACTOR,
+        retry_condition_fn=only_transient,
+        timeout_seconds=timeout_seconds,
+        cache_policy=NO_CACHE,
+    )

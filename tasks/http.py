@@ -6,12 +6,11 @@ import time
 from typing import Any
 
 import httpx
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from runbook.errors import CheckFailedError, TargetUnreachableError
 from runbook.settings import get_settings
-from tasks._policy import RETRY_JITTER_FACTOR, only_transient
+from tasks._policy import probe_task
 
 HEADERS = {"User-Agent": "bpmn-studio-runbook"}
 
@@ -30,15 +29,7 @@ def client(timeout_seconds: float | None = None) -> httpx.Client:
     )
 
 
-@task(
-    name="check-app",
-    retries=1,
-    retry_delay_seconds=1,
-    retry_jitter_factor=RETRY_JITTER_FACTOR,
-    retry_condition_fn=only_transient,
-    timeout_seconds=30,
-    cache_policy=NO_CACHE,
-)
+@probe_task("check-app")
 async def check_app(verbose: bool = False) -> dict[str, Any]:
     """Call the app's ``/health`` and report its verdict and latency."""
     logger = get_run_logger()

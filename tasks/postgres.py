@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from runbook.errors import RefusedError, TargetUnreachableError
 from runbook.redact import redact
 from runbook.settings import get_settings
-from tasks._policy import RETRY_JITTER_FACTOR, only_transient
+from tasks._policy import RETRY_JITTER_FACTOR, only_transient, probe_task
 
 
 @contextlib.contextmanager
@@ -52,15 +52,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
-@task(
-    name="check-database",
-    retries=1,
-    retry_delay_seconds=1,
-    retry_jitter_factor=RETRY_JITTER_FACTOR,
-    retry_condition_fn=only_transient,
-    timeout_seconds=30,
-    cache_policy=NO_CACHE,
-)
+@probe_task("check-database")
 async def check_database(verbose: bool = False) -> dict[str, Any]:
     """Connect to the primary database, run ``SELECT 1`` and time it."""
     logger = get_run_logger()

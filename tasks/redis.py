@@ -7,13 +7,12 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from runbook.errors import TargetUnreachableError
 from runbook.redact import redact
 from runbook.settings import get_settings
-from tasks._policy import RETRY_JITTER_FACTOR, only_transient
+from tasks._policy import probe_task
 
 
 def client(url: str | None = None, timeout_seconds: float | None = None) -> redis.Redis:
@@ -37,15 +36,7 @@ def unreachable(exc: redis.RedisError) -> TargetUnreachableError:
     return TargetUnreachableError(f"could not reach Redis: {redact(str(exc))}")
 
 
-@task(
-    name="check-redis",
-    retries=1,
-    retry_delay_seconds=1,
-    retry_jitter_factor=RETRY_JITTER_FACTOR,
-    retry_condition_fn=only_transient,
-    timeout_seconds=30,
-    cache_policy=NO_CACHE,
-)
+@probe_task("check-redis")
 async def check_redis(verbose: bool = False) -> dict[str, Any]:
     """Send ``PING`` to Redis and time the answer."""
     logger = get_run_logger()

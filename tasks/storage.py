@@ -10,12 +10,11 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from runbook.errors import CheckFailedError, TargetUnreachableError
 from runbook.settings import get_settings
-from tasks._policy import RETRY_JITTER_FACTOR, only_transient
+from tasks._policy import probe_task
 
 PROBE_PREFIX = "_runbook/health/"
 
@@ -63,15 +62,7 @@ def translate(exc: Exception, attempted: str) -> Exception:
     return TargetUnreachableError(f"could not {attempted}: {type(exc).__name__}")
 
 
-@task(
-    name="check-storage",
-    retries=1,
-    retry_delay_seconds=1,
-    retry_jitter_factor=RETRY_JITTER_FACTOR,
-    retry_condition_fn=only_transient,
-    timeout_seconds=60,
-    cache_policy=NO_CACHE,
-)
+@probe_task("check-storage", timeout_seconds=60)
 async def check_storage(verbose: bool = False) -> dict[str, Any]:
     """Head the uploads bucket, then write, read back and delete a probe object."""
     # boto3 blocks; a thread keeps the task's timeout in force around it.
