@@ -81,6 +81,21 @@ def wait_until_rolled_out(stack: Sandbox, image: str, timeout: float = 60) -> No
     raise AssertionError(f"the app did not roll out {image} in {timeout} s")
 
 
+def set_app(stack: Sandbox, image: str, env: dict[str, str] | None = None) -> int:
+    """Roll the app out to ``image`` (plus env) like kubectl; return its revision."""
+    container: dict[str, Any] = {"name": "web", "image": image}
+    if env:
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    apps_api(stack).patch_namespaced_deployment(
+        DEPLOYMENT,
+        NAMESPACE,
+        {"spec": {"template": {"spec": {"containers": [container]}}}},
+    )
+    wait_until_rolled_out(stack, image)
+    annotations = read_app(stack).metadata.annotations
+    return int(annotations["deployment.kubernetes.io/revision"])
+
+
 def outcome(state: State[Any]) -> tuple[str, Any]:
     """Return a run's final state type and its result or exception."""
     return state.type.value, state.result(raise_on_failure=False)
@@ -105,28 +120,22 @@ def deploy_env(stack_env: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
 
 @pytest.fixture
 def app_deployment(stack: Sandbox) -> Iterator[Any]:
-    """Give the app a short progress deadline; put its baseline release back after."""
+    """Give the app a short progress deadline; put its baseline template back after."""
     apps = apps_api(stack)
     wait_until_rolled_out(stack, BASELINE_IMAGE)
+    baseline = apps.api_client.sanitize_for_serialization(read_app(stack).spec.template)
     apps.patch_namespaced_deployment(
         DEPLOYMENT,
         NAMESPACE,
         {"spec": {"progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS}},
     )
     yield apps
-    if app_image(stack) != BASELINE_IMAGE:
+    current = apps.api_client.sanitize_for_serialization(read_app(stack).spec.template)
+    if current != baseline:
         apps.patch_namespaced_deployment(
             DEPLOYMENT,
             NAMESPACE,
-            {
-                "spec": {
-                    "template": {
-                        "spec": {
-                            "containers": [{"name": "web", "image": BASELINE_IMAGE}]
-                        }
-                    }
-                }
-            },
+            [{"op": "replace", "path": "/spec/template", "value": baseline}],
         )
     wait_until_rolled_out(stack, BASELINE_IMAGE)
     apps.patch_namespaced_deployment(
