@@ -72,6 +72,8 @@ def rollback(
     with timeline.step("pre-checks") as step:
         check_cluster()
         revisions = list_revisions()
+        if not revisions:
+            raise RefusedError(f"refusing to roll back: {target()} has no revisions")
         current = next((r for r in revisions if r["current"]), revisions[-1])
         chosen = _choose(revisions, current, to_revision)
         summary.update(
