@@ -26,7 +26,7 @@ from flows.notices import notify, page, timestamp
 from flows.timeline import Timeline
 from runbook.audit import record_change
 from runbook.backups import Component
-from runbook.errors import CheckFailedError, RefusedError, TargetUnreachableError
+from runbook.errors import CheckFailedError, RefusedError
 from runbook.settings import get_settings
 from tasks.http_smoke import check_health, run_smoke_checks
 from tasks.kubernetes import (
@@ -123,7 +123,9 @@ def deploy(
                 summary["outcome"] = "already deployed"
                 timeline.finish("already deployed")
             elif dry_run:
-                timeline.notes.append(_plan(image, watch_minutes, current))
+                summary["plan"] = _plan(image, watch_minutes, current)
+                timeline.notes.append(summary["plan"])
+                logger.info("Dry run, nothing changed. %s", summary["plan"])
                 summary["outcome"] = "dry run"
                 timeline.finish("dry run: nothing changed")
             else:
@@ -257,7 +259,7 @@ def _roll_out_and_watch(
         with timeline.step("watch") as step:
             summary["watch"] = _watch(watch_minutes, timeline)
             step.detail = summary["watch"]["verdict"]
-    except (CheckFailedError, TargetUnreachableError) as exc:
+    except Exception as exc:  # whatever failed, the previous release goes back
         timings["decided_at"] = timestamp()
         cause = str(exc)
         summary.update(outcome="rolled back", cause=cause)

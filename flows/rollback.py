@@ -106,6 +106,7 @@ def rollback(
         timeline.finish(f"already at revision {chosen['revision']}")
         return summary | {"timeline": timeline.as_list()}
     if dry_run:
+        logger.info("Dry run, nothing changed: %s", "; ".join(timeline.notes))
         summary["outcome"] = "dry run"
         timeline.finish("dry run: nothing changed")
         return summary | {"timeline": timeline.as_list()}

@@ -78,6 +78,7 @@ class Timeline:
         except BaseException as exc:
             current.status = FAILED
             current.detail = " ".join(filter(None, [current.detail, str(exc)]))
+            self.outcome = f"failed at {name}"
             raise
         else:
             current.status = DONE

@@ -174,9 +174,13 @@ def _from_prometheus(window_seconds: float) -> dict[str, Any]:
 @task(name="mark-traffic", **RETRIES)
 def mark_traffic() -> dict[str, Any]:
     """Note the app's traffic counters now, as the start of a measured window."""
+    logger = get_run_logger()
     if get_settings().prometheus_url is not None:
+        logger.info("Marked the start of the window; Prometheus will measure it")
         return {"at": time.time(), "counters": None}
-    return {"at": time.time(), "counters": _scrape()}
+    counters = _scrape()
+    logger.info("Scraped the app's /metrics: %s requests so far", counters["requests"])
+    return {"at": time.time(), "counters": counters}
 
 
 @task(name="measure-traffic", **RETRIES)

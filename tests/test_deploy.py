@@ -19,6 +19,7 @@ from prefect.states import Completed, Running
 
 from flows.deploy import DeployFailedError, deploy
 from flows.incident import INCIDENT_FLOW, severity_tag
+from runbook.catalog import load_catalog
 from runbook.errors import RefusedError
 from sandbox.stack import Sandbox
 from tasks.kubernetes_lease import LeaseHeldError
@@ -244,3 +245,17 @@ class TestOneDeployAtATime:
             for rs in app_deployment.list_namespaced_replica_set("production").items
         }
         assert loser not in history
+
+
+class TestDeclaredDeployments:
+    """prefect.yaml runs deploy and rollback by hand, one at a time, never queued."""
+
+    @pytest.mark.parametrize("name", ["deploy", "rollback"])
+    def test_manual_with_one_run_at_a_time(self, name: str) -> None:
+        spec = next(s for s in load_catalog() if s.name == name)
+        assert spec.schedules == []
+        assert spec.load_flow().name == name
+        assert spec.concurrency_limit == {
+            "limit": 1,
+            "collision_strategy": "CANCEL_NEW",
+        }
