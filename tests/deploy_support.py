@@ -6,16 +6,20 @@ here leaves it as it found it (image, progress deadline), whatever happened.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.states import State
 
 from runbook.settings import get_settings
@@ -94,6 +98,29 @@ def set_app(stack: Sandbox, image: str, env: dict[str, str] | None = None) -> in
     wait_until_rolled_out(stack, image)
     annotations = read_app(stack).metadata.annotations
     return int(annotations["deployment.kubernetes.io/revision"])
+
+
+def audit_events(flow_run_id: UUID, wanted: set[str]) -> set[str]:
+    """Return the ``runbook.*`` events about a run once ``wanted`` have arrived."""
+
+    async def read() -> set[str]:
+        async with get_client() as client:
+            page = await client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(prefix=["runbook."]),
+                    related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+                ),
+                limit=50,
+            )
+        return {event.event for event in page.events}
+
+    found: set[str] = set()
+    for _ in range(50):  # events are written a moment after they are emitted
+        found = asyncio.run(read())
+        if wanted <= found:
+            break
+        time.sleep(0.2)
+    return found
 
 
 def outcome(state: State[Any]) -> tuple[str, Any]:

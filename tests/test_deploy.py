@@ -28,6 +28,7 @@ from tests.deploy_support import (
     Traffic,
     app_deployment,
     app_image,
+    audit_events,
     deploy_env,
     outcome,
     ready_images,
@@ -89,7 +90,8 @@ class TestDeploy:
         self, prefect_harness: None, deploy_env: Sandbox, app_deployment: Any
     ) -> None:
         image = "ghcr.io/bpmn-studio/web:1.44.0-crashloop"
-        state, error = outcome(deploy(image=image, watch_minutes=1, return_state=True))
+        run = deploy(image=image, watch_minutes=1, return_state=True)
+        state, error = outcome(run)
 
         assert state == "FAILED"
         assert isinstance(error, DeployFailedError)
@@ -102,6 +104,9 @@ class TestDeploy:
         assert set(ready_images(deploy_env)) == {BASELINE_IMAGE}
         slack = [r["body"]["text"] for r in received(deploy_env, "/slack")]
         assert any("rolled back" in text and image in text for text in slack)
+        changes = {"runbook.deployment.image-set", "runbook.deployment.rolled-back"}
+        assert run.state_details.flow_run_id is not None
+        assert changes <= audit_events(run.state_details.flow_run_id, changes)
 
     def test_errors_image_passes_the_rollout_and_is_rolled_back_by_the_watch(
         self,

@@ -26,6 +26,7 @@ from tests.deploy_support import (
     BASELINE_IMAGE,
     app_deployment,
     app_image,
+    audit_events,
     deploy_env,
     outcome,
     ready_images,
@@ -131,9 +132,8 @@ class TestRollback:
     ) -> None:
         set_app(deploy_env, "ghcr.io/bpmn-studio/web:1.53.0")
 
-        state, summary = outcome(
-            rollback(migration_version="20250201", return_state=True)
-        )
+        run = rollback(migration_version="20250201", return_state=True)
+        state, summary = outcome(run)
 
         assert state == "COMPLETED", summary
         assert summary["job"]["image"] == "ghcr.io/bpmn-studio/web:1.53.0"
@@ -143,6 +143,9 @@ class TestRollback:
         )
         assert summary["job"]["log"][-1] == "exit code 0"
         assert app_image(deploy_env) == BASELINE_IMAGE
+        changes = {"runbook.job.created", "runbook.deployment.rolled-back"}
+        assert run.state_details.flow_run_id is not None
+        assert changes <= audit_events(run.state_details.flow_run_id, changes)
 
     def test_dry_run_shows_revisions_images_and_the_job(
         self, prefect_harness: None, deploy_env: Sandbox, app_deployment: Any
