@@ -35,11 +35,10 @@ from runbook.backups import (
     new_backup_id,
     target_lock,
 )
-from runbook.errors import RefusedError
 from runbook.redact import known_secrets, redact
 from runbook.settings import get_settings
 from tasks.notify import alert
-from tasks.postgres import hold_lock
+from tasks.postgres import LockHeldError, hold_lock
 from tasks.postgres_dump import dump_database
 from tasks.redis_rdb import dump_redis
 from tasks.storage_backups import (
@@ -103,7 +102,7 @@ def backup(
         # Leave nothing half-written behind, and tell on-call why
         reason = redact(str(exc), known_secrets())
         logger.error("Backup %s failed: %s", backup_id, reason)
-        if not isinstance(exc, RefusedError):
+        if not isinstance(exc, LockHeldError):  # a restore runs: expected, no page
             delete_partial_backup(backup_id, return_state=True)
             alert(
                 f"Backup {backup_id} of {settings.environment} failed: {reason}",

@@ -119,6 +119,10 @@ def database_name() -> str:
     return str(conninfo_to_dict(url).get("dbname") or "postgres")
 
 
+class LockHeldError(RefusedError):
+    """Another run holds the lock this run needs; nothing was changed."""
+
+
 def _lock_ids(name: str) -> tuple[int, int, int]:
     digest = hashlib.sha256(f"{_LOCK_NAMESPACE}:{name}".encode()).digest()
     key = int.from_bytes(digest[:8], "big", signed=True)
@@ -154,7 +158,7 @@ def hold_lock(name: str, holder: str, *, shared: bool = False) -> Iterator[None]
                 (classid, objid),
             ).fetchall()
             names = ", ".join(sorted({str(h[0]) for h in holders})) or "another run"
-            raise RefusedError(
+            raise LockHeldError(
                 f"refusing to start: {name} is locked by {names}; "
                 "wait for it to finish (nothing was changed)"
             )

@@ -75,7 +75,8 @@ class MultipartUpload:
         self.size_bytes += len(data)
         self._buffer += data
         while len(self._buffer) >= self.part_size:
-            part = bytes(self._buffer[: self.part_size])
+            with memoryview(self._buffer) as view:
+                part = bytes(view[: self.part_size])  # the one copy made
             del self._buffer[: self.part_size]
             self._send(part)
         return len(data)

@@ -9,12 +9,20 @@ from typing import Any
 
 import psycopg
 import pytest
+from prefect import flow
 
 from flows.backup import backup
-from runbook.backups import DATABASE_OBJECT, MANIFEST_NAME, Component
+from runbook.backups import DATABASE_OBJECT, MANIFEST_NAME, REDIS_OBJECT, Component
 from runbook.errors import RefusedError
 from runbook.settings import get_settings
 from sandbox.stack import Sandbox
+from tasks.redis_rdb import (
+    count_redis_keys,
+    dump_redis,
+    fetch_redis_snapshot,
+    make_temp_folder,
+    scratch_server,
+)
 from tests.backup_helpers import (
     artifact,
     backup_keys,
@@ -22,6 +30,7 @@ from tests.backup_helpers import (
     notifications,
     open_multipart_uploads,
     read_manifest,
+    redis_client,
     run,
     s3,
     wait_until,
@@ -191,3 +200,37 @@ def test_dump_object_is_named_in_manifest(backup_env: Sandbox) -> None:
     assert completed, summary
     stored = read_manifest(summary["backup_id"]).object(DATABASE_OBJECT)
     assert stored.key.endswith(f"{summary['backup_id']}/{DATABASE_OBJECT}")
+
+
+class TestRedisSnapshot:
+    """The snapshot arrives over the replication protocol in both of its forms."""
+
+    @pytest.mark.parametrize("diskless", [False, True])
+    def test_snapshot_loads_with_every_key(
+        self, backup_env: Sandbox, diskless: bool
+    ) -> None:
+        live = redis_client()
+        saved = str(
+            live.config_get("repl-diskless-sync-delay")["repl-diskless-sync-delay"]
+        )
+        live.config_set("repl-diskless-sync-delay", 0)
+
+        @flow
+        def fetch_and_load() -> tuple[dict[str, Any], dict[str, int]]:
+            bucket = get_settings().backup_bucket
+            key = f"{get_settings().environment}/snapshot/{REDIS_OBJECT}"
+            stored, facts = dump_redis(bucket, key, REDIS_OBJECT, eof_capable=diskless)
+            folder = make_temp_folder("runbook-test-")
+            with scratch_server(fetch_redis_snapshot(bucket, stored, folder)) as url:
+                return facts, count_redis_keys(url)
+
+        try:
+            completed, outcome = run(fetch_and_load)
+        finally:
+            live.config_set("repl-diskless-sync-delay", saved)
+        assert completed, outcome
+        facts, loaded = outcome
+        assert facts["rdb_bytes"] > 0
+        assert loaded == facts["keys_per_db"]
+        assert sum(loaded.values()) == live.dbsize()
+        live.close()

@@ -1,0 +1,1 @@
+"""Side-by-side measurements of the runbook against the tools it replaces."""
