@@ -278,7 +278,7 @@ def bench_restore(bench: Bench, backup_id: str, repeat: int) -> None:
             ),
             env={"RUNBOOK_RESTORE_JOBS": str(jobs)},
             before=lambda: drop_database(admin, restored),
-            reference=jobs == 2,
+            reference=jobs == 1,
         )
         for jobs in (1, 2)
     ]
@@ -402,6 +402,12 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3, help="Runs per measure.")
+    parser.add_argument(
+        "--groups",
+        default="backup,restore,uploads",
+        help="Comma-separated groups to run (restore needs backup).",
+    )
+    parser.add_argument("--out", default="backup", help="Name of the result files.")
     parser.add_argument("--keep", action="store_true", help="Keep the stack.")
     args = parser.parse_args()
     from prefect.settings import PREFECT_API_URL
@@ -421,9 +427,13 @@ def main() -> int:
             bench = Bench(work, sandbox, str(PREFECT_API_URL.value()))
             facts = database_facts(bench)
             print(f"  database: {facts}", flush=True)
-            summary = bench_backup(bench, max(64, args.size_mb // 4), args.repeat)
-            bench_restore(bench, summary["backup_id"], args.repeat)
-            bench_uploads(bench, args.files)
+            groups = set(args.groups.split(","))
+            if "backup" in groups:
+                summary = bench_backup(bench, max(64, args.size_mb // 4), args.repeat)
+                if "restore" in groups:
+                    bench_restore(bench, summary["backup_id"], args.repeat)
+            if "uploads" in groups:
+                bench_uploads(bench, args.files)
     finally:
         if not args.keep:
             sandbox.down()
@@ -437,8 +447,10 @@ def main() -> int:
     )
     print("\n" + report)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "backup.md").write_text(report)
-    (RESULTS / "backup.json").write_text(json.dumps(bench.results, indent=2) + "\n")
+    (RESULTS / f"{args.out}.md").write_text(report)
+    (RESULTS / f"{args.out}.json").write_text(
+        json.dumps(bench.results, indent=2) + "\n"
+    )
     return 0
 
 

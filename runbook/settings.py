@@ -198,12 +198,12 @@ class Settings(BaseSettings):
         -1, ge=-1, le=64, description="zstd worker threads; -1 means one per CPU."
     )
     restore_jobs: int = Field(
-        2,
+        1,
         ge=1,
         le=32,
-        description="pg_restore jobs; 1 streams from S3 with no temporary file, "
-        "more download to a temporary file (the dump's size) and restore in "
-        "parallel, which the benchmark found faster.",
+        description="pg_restore jobs; 1 (the benchmark's pick) streams from S3 with "
+        "no temporary file, more download to a temporary file (the dump's size) "
+        "and restore in parallel.",
     )
     restore_temp_dir: Path | None = Field(
         None, description="Folder for restore's temporary files; default: system's."
