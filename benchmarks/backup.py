@@ -151,6 +151,9 @@ class Bench:
                 "wall_seconds": round(statistics.median(walls), 2),
                 "wall_range": f"{walls[0]:.1f}-{walls[-1]:.1f}" if repeat > 1 else "",
                 "peak_rss_mb": round(max(r.peak_rss_bytes for r in results) / MIB, 1),
+                "cpu_seconds": round(
+                    statistics.median(r.cpu_seconds for r in results), 1
+                ),
                 "temp_disk_mb": round(max(r.temp_disk_bytes for r in results) / MIB, 1),
                 "stored_mb": round(self.stored_bytes(case.stored_prefix) / MIB, 1)
                 if case.stored_prefix is not None
@@ -378,6 +381,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         notes = [
             f"{key} {row[key]}"
             for key in (
+                "cpu_seconds",
                 "wall_range",
                 "pipeline_seconds",
                 "objects_sent",

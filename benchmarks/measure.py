@@ -2,12 +2,14 @@
 
 Memory is sampled every 20 ms as the sum of the resident set sizes of the command's
 process and all its descendants; temporary disk as the size of the folder the
-command is given as TMPDIR (and any file it is told to write there).
+command is given as TMPDIR (and any file it is told to write there); CPU time as the
+user and system time of the command and its descendants.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import threading
 import time
@@ -27,6 +29,7 @@ class Measurement:
     wall_seconds: float
     peak_rss_bytes: int
     temp_disk_bytes: int
+    cpu_seconds: float = 0.0
     stdout: str = field(repr=False, default="")
     stderr: str = field(repr=False, default="")
 
@@ -76,6 +79,7 @@ def measure(
         else command
     )
     peaks = {"rss": 0, "disk": 0}
+    cpu_before = _children_cpu_seconds()
     started = time.perf_counter()
     process = subprocess.Popen(
         argv,
@@ -105,4 +109,13 @@ def measure(
     peaks["disk"] = max(peaks["disk"], folder_bytes(temp_dir))
     if process.returncode != 0:
         raise RuntimeError(f"{label} failed ({process.returncode}): {stderr[-2000:]}")
-    return Measurement(label, wall, peaks["rss"], peaks["disk"], stdout, stderr)
+    cpu = _children_cpu_seconds() - cpu_before
+    return Measurement(
+        label, wall, peaks["rss"], peaks["disk"], cpu, stdout=stdout, stderr=stderr
+    )
+
+
+def _children_cpu_seconds() -> float:
+    # Every waited-for descendant (pg_dump, zstd, ...) is counted once it has ended.
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -47,7 +47,7 @@ from tasks.postgres import (
     swap_databases,
 )
 from tasks.postgres_dump import restore_database
-from tasks.redis_rdb import (
+from tasks.redis_restore import (
     copy_redis_keys,
     count_redis_keys,
     fetch_redis_snapshot,
@@ -141,7 +141,7 @@ def restore(
     restored_db = (staging_database_name if replace else restore_database_name)(
         database, manifest.backup_id
     )
-    beside_ready = swapped = False
+    beside_ready = False
     try:
         with (
             hold_lock(target_lock(env), holder),
@@ -164,55 +164,31 @@ def restore(
             with scratch_server(rdb) if rdb else nullcontext(None) as scratch_url:
                 if scratch_url:
                     summary["redis_keys"] = count_redis_keys(scratch_url)
-                if not replace:
-                    summary["status"] = "restored beside the live data"
-                else:
-                    # Ask for approval in the UI, showing what is replaced
+
+                # Ask for approval, then put the backup in place of the live data
+                if replace:
                     request_approval(
                         f"replace {database} with backup {manifest.backup_id}",
                         _approval_details(manifest, selected, restored_db),
                     )
-
-                    # Swap the databases, keeping the old one
-                    if Component.DATABASE in selected:
-                        keep_as = before_restore_name(database, datetime.now(UTC))
-                        swap_databases(database, restored_db, keep_as)
-                        swapped = True
-                        summary["database"]["kept_old_as"] = keep_as
-                        record_change(
-                            "database.restored",
-                            f"postgres/{database}",
-                            backup_id=manifest.backup_id,
-                            kept_old_as=keep_as,
-                        )
-
-                    # Copy back the uploads that differ
-                    if Component.UPLOADS in selected:
-                        summary["uploads"] = restore_uploads(
-                            manifest, delete_extra_uploads
-                        )
-                        record_change(
-                            "uploads.restored",
-                            f"s3/{settings.uploads_bucket}",
-                            backup_id=manifest.backup_id,
-                            **summary["uploads"],
-                        )
-
-                    # Copy the Redis keys back with their TTLs
-                    if scratch_url:
-                        summary["redis_restored"] = copy_redis_keys(
-                            scratch_url, flush_redis
-                        )
-                        record_change(
-                            "redis.restored",
-                            "redis/app",
-                            backup_id=manifest.backup_id,
-                            flushed=flush_redis,
-                        )
-                    summary["status"] = "replaced the live data"
+                    changed = _replace_live(
+                        manifest,
+                        selected,
+                        restored_db,
+                        scratch_url,
+                        delete_extra_uploads=delete_extra_uploads,
+                        flush_redis=flush_redis,
+                    )
+                    if "kept_old_as" in changed:
+                        summary["database"]["kept_old_as"] = changed.pop("kept_old_as")
+                    summary.update(changed)
+            summary["status"] = (
+                "replaced the live data" if replace else "restored beside the live data"
+            )
     except BaseException:
-        # Undo: a restored copy that was not put in place goes again
-        if beside_ready and not swapped:
+        # Undo: a restored copy that was not swapped in goes again (once swapped
+        # in, its name is gone and this drops nothing)
+        if beside_ready:
             drop_database(restored_db, return_state=True)
         raise
     finally:
@@ -255,6 +231,54 @@ def _restore_beside(manifest: Manifest, restored_db: str) -> dict[str, Any]:
             f"{', '.join(differing)}; dropped {restored_db!r}"
         )
     return {**result, "rows": sum(counts.values()), "tables": len(counts)}
+
+
+def _replace_live(
+    manifest: Manifest,
+    selected: list[Component],
+    restored_db: str,
+    scratch_url: str | None,
+    *,
+    delete_extra_uploads: bool,
+    flush_redis: bool,
+) -> dict[str, Any]:
+    """Swap the database in, copy back uploads and Redis keys; return what changed."""
+    settings = get_settings()
+    done: dict[str, Any] = {}
+
+    # Swap the databases, keeping the old one
+    if Component.DATABASE in selected:
+        database = database_name()
+        keep_as = before_restore_name(database, datetime.now(UTC))
+        swap_databases(database, restored_db, keep_as)
+        done["kept_old_as"] = keep_as
+        record_change(
+            "database.restored",
+            f"postgres/{database}",
+            backup_id=manifest.backup_id,
+            kept_old_as=keep_as,
+        )
+
+    # Copy back the uploads that differ
+    if Component.UPLOADS in selected:
+        done["uploads"] = restore_uploads(manifest, delete_extra_uploads)
+        record_change(
+            "uploads.restored",
+            f"s3/{settings.uploads_bucket}",
+            backup_id=manifest.backup_id,
+            **done["uploads"],
+        )
+
+    # Copy the Redis keys back with their TTLs
+    if scratch_url:
+        done["redis_restored"] = copy_redis_keys(scratch_url, flush_redis)
+        record_change(
+            "redis.restored",
+            "redis/app",
+            backup_id=manifest.backup_id,
+            flushed=flush_redis,
+        )
+    return done
 
 
 def _approval_details(

