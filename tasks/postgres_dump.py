@@ -32,6 +32,7 @@ from tasks.storage_stream import MIB, MultipartUpload, VerifiedObject, decompres
 READ_BYTES = MIB
 
 
+# No task retries: a failed dump is redone whole by the next hourly backup.
 @task(name="dump-database", cache_policy=NO_CACHE)
 def dump_database(
     bucket: str, key: str, name: str
@@ -177,6 +178,7 @@ def _restore_streaming(
         child.kill()
 
 
+# No task retries: a failed restore drops its database; rerunning is a decision.
 @task(name="restore-database", cache_policy=NO_CACHE, timeout_seconds=12 * 3600)
 def restore_database(
     bucket: str, stored: StoredObject, database: str

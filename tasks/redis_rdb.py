@@ -157,6 +157,7 @@ def server_facts(url: str | None = None) -> dict[str, Any]:
     return {"server_version": str(version), "keys_per_db": keys}
 
 
+# No task retries: a failed snapshot is fetched again by the next hourly backup.
 @task(name="dump-redis", cache_policy=NO_CACHE)
 def dump_redis(
     bucket: str, key: str, name: str, eof_capable: bool = False

@@ -76,6 +76,7 @@ def list_uploads(s3: Any) -> tuple[str, list[Upload]]:
     return f"s3://{bucket}/{prefix}", found
 
 
+# No task retries: botocore retries each request; the next backup copies the rest.
 @task(name="copy-uploads", cache_policy=NO_CACHE)
 def copy_uploads(
     backup_prefix: str, previous: Manifest | None

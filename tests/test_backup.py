@@ -137,13 +137,7 @@ class TestBackupFailures:
         try:
             # pg_dump has started, its upload is open, and it waits on the lock
             wait_until(open_multipart_uploads, "the dump's multipart upload")
-            wait_until(
-                lambda: blocker.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE application_name = "
-                    "'pg_dump' AND wait_event_type = 'Lock'"
-                ).fetchone(),
-                "pg_dump to wait on the table lock",
-            )
+            wait_until(pg_dump_waits_on_a_lock, "pg_dump to wait on the table lock")
             fault("db-down")
             runner.join(timeout=120)
         finally:
@@ -183,6 +177,16 @@ class TestBackupFailures:
         assert isinstance(error, RefusedError)
         assert "pg_dump 15." in str(error) and "PostgreSQL 18" in str(error)
         assert open_multipart_uploads() == []
+
+
+def pg_dump_waits_on_a_lock() -> bool:
+    """Tell whether a pg_dump session waits on a lock (asked outside any snapshot)."""
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'pg_dump' "
+            "AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return row is not None
 
 
 def error_backup_id(stack: Sandbox) -> str:
