@@ -61,6 +61,7 @@ class Case:
     stored_prefix: str | None = None
     before: Callable[[], None] | None = None
     reference: bool = False
+    keep: bool = False  # keep what it stored (else deleted after each run)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,6 +134,7 @@ class Bench:
         Each case keeps its median wall time and its highest peak memory.
         """
         measured: dict[str, list[Measurement]] = {case.label: [] for case in cases}
+        stored: dict[str, int] = {}
         for round_number in range(1, repeat + 1):
             for case in cases:
                 print(f"  {group}: {case.label} (run {round_number})", flush=True)
@@ -142,6 +144,11 @@ class Bench:
                 measured[case.label].append(
                     measure(case.label, case.command, env, self.temp("run"))
                 )
+                if case.stored_prefix is not None:
+                    # Same S3 state for every case: drop what each run stored.
+                    stored[case.label] = self.stored_bytes(case.stored_prefix)
+                    if not case.keep:
+                        self.delete_prefix(case.stored_prefix)
         for case in cases:
             results = measured[case.label]
             walls = sorted(r.wall_seconds for r in results)
@@ -155,8 +162,8 @@ class Bench:
                     statistics.median(r.cpu_seconds for r in results), 1
                 ),
                 "temp_disk_mb": round(max(r.temp_disk_bytes for r in results) / MIB, 1),
-                "stored_mb": round(self.stored_bytes(case.stored_prefix) / MIB, 1)
-                if case.stored_prefix is not None
+                "stored_mb": round(stored[case.label] / MIB, 1)
+                if case.label in stored
                 else None,
                 "reference": case.reference,
                 **case.extra,
@@ -207,6 +214,7 @@ def bench_backup(bench: Bench, small_mb: int, repeat: int) -> dict[str, Any]:
                 stored_prefix=f"{ENVIRONMENT}/",
                 before=lambda: bench.delete_prefix(f"{ENVIRONMENT}/"),
                 reference=True,
+                keep=True,  # the restores read it
             ),
             Case(
                 "pg_dump > backup.sql && aws s3 cp",
@@ -346,19 +354,20 @@ def bench_uploads(bench: Bench, count: int) -> None:
             stored_prefix="s5cmd-sync/",
         ),
     ]
-    for attempt in ("first", "no change"):
-        measured = bench.run_rounds(f"uploads ({attempt})", cases, 1)
-        for row in bench.results[-len(cases) :]:
-            result = measured[row["label"]][-1]
-            if row["label"].startswith("runbook"):
-                row["objects_sent"] = summary_of(result)["uploads_copied"]
+    for case in cases:
+        # Each tool starts from an empty prefix, then runs again with no change.
+        case.keep = True
+        for attempt in ("first", "no change"):
+            result = bench.run_rounds(f"uploads ({attempt})", [case], 1)[case.label]
+            row = bench.results[-1]
+            if case.label.startswith("runbook"):
+                row["objects_sent"] = summary_of(result[-1])["uploads_copied"]
             else:
                 row["objects_sent"] = sum(
                     1
-                    for line in result.stdout.splitlines()
+                    for line in result[-1].stdout.splitlines()
                     if line.startswith(("upload:", "cp "))
                 )
-    for case in cases:
         assert case.stored_prefix is not None
         bench.delete_prefix(case.stored_prefix)
     shutil.rmtree(folder, ignore_errors=True)
@@ -371,6 +380,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| stored MB | note |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    order = {
+        group: i for i, group in enumerate(dict.fromkeys(r["group"] for r in rows))
+    }
+    rows = sorted(rows, key=lambda row: order[row["group"]])
     ours_by_group: dict[str, dict[str, Any]] = {}
     for row in rows:
         if row.get("reference"):
