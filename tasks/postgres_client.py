@@ -89,7 +89,7 @@ class ClientProgram:
     def _drain(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
-            self._stderr.append(line.decode(errors="replace").rstrip())
+            self._stderr.append(line.decode(errors="replace").strip())
 
     def wait(self, what: str) -> None:
         """Wait for the program to end; fail naming ``what`` if it did not succeed."""
