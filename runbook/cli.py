@@ -128,12 +128,10 @@ def list_flows() -> None:
 
     for spec in load_catalog():
         flow = spec.load_flow()
-        typer.echo(
-            f"{flow.name:<28} deployment {flow.name}/{spec.name:<24} "
-            f"{spec.describe_schedules()}"
-        )
+        deployment = f"{flow.name}/{spec.name}"
+        typer.echo(f"{flow.name:<20} {deployment:<36} {spec.describe_schedules()}")
         if spec.description:
-            typer.echo(f"{'':<28} {spec.description}")
+            typer.echo(f"{'':<20} {spec.description}")
 
 
 @sandbox_app.command("up")
