@@ -9,10 +9,36 @@ import httpx
 from prefect import get_run_logger
 
 from runbook.errors import CheckFailedError, TargetUnreachableError
+from runbook.redact import known_secrets, redact
 from runbook.settings import get_settings
 from tasks._policy import probe_task
 
 HEADERS = {"User-Agent": "bpmn-studio-runbook"}
+
+
+def call_api(method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+    """Call an HTTP API, translating failures: 5xx, 429 and network errors transient.
+
+    Args:
+        method: the HTTP method.
+        url: the full URL.
+        what: what the call does, for error messages ("post to Slack").
+        kwargs: passed to ``httpx.request`` (json, headers, ...).
+    """
+    try:
+        response = httpx.request(method, url, timeout=10, **kwargs)
+    except httpx.TransportError as exc:
+        raise TargetUnreachableError(
+            f"could not {what}: {type(exc).__name__}"
+        ) from None
+    if response.status_code >= 500 or response.status_code == 429:
+        raise TargetUnreachableError(f"could not {what}: HTTP {response.status_code}")
+    if response.status_code >= 400:
+        detail = redact(response.text[:200], known_secrets())
+        raise CheckFailedError(
+            f"could not {what}: HTTP {response.status_code} {detail}"
+        )
+    return response
 
 
 def client(timeout_seconds: float | None = None) -> httpx.Client:

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-import httpx
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from runbook.errors import CheckFailedError, ConfigError, TargetUnreachableError
+from runbook.errors import CheckFailedError, ConfigError
 from runbook.redact import known_secrets, redact
 from runbook.settings import get_settings
 from tasks._policy import RETRY_JITTER_FACTOR, only_transient
+from tasks.http import call_api
 
 Severity = Literal["critical", "error", "warning", "info"]
 SOURCE = "bpmn-studio-runbook"
-
-
-def _post(url: str, what: str, **kwargs: Any) -> httpx.Response:
-    try:
-        response = httpx.post(url, timeout=10, **kwargs)
-    except httpx.TransportError as exc:
-        raise TargetUnreachableError(
-            f"could not {what}: {type(exc).__name__}"
-        ) from None
-    if response.status_code >= 500 or response.status_code == 429:
-        raise TargetUnreachableError(f"could not {what}: HTTP {response.status_code}")
-    if response.status_code >= 400:
-        detail = redact(response.text[:200], known_secrets())
-        raise CheckFailedError(
-            f"could not {what}: HTTP {response.status_code} {detail}"
-        )
-    return response
 
 
 @task(
@@ -54,7 +37,8 @@ def post_slack_message(text: str, channel: str | None = None) -> str:
     if not token:
         raise ConfigError("RUNBOOK_SLACK_TOKEN is not set; cannot post to Slack")
     target = channel or settings.slack_channel
-    response = _post(
+    response = call_api(
+        "POST",
         f"{str(settings.slack_api_url).rstrip('/')}/chat.postMessage",
         "post to Slack",
         headers={"Authorization": f"Bearer {token}"},
@@ -89,7 +73,8 @@ def trigger_pagerduty(
     routing_key = settings.secret("pagerduty_routing_key")
     if not routing_key:
         raise ConfigError("RUNBOOK_PAGERDUTY_ROUTING_KEY is not set; cannot page")
-    response = _post(
+    response = call_api(
+        "POST",
         str(settings.pagerduty_events_url),
         "trigger a PagerDuty alert",
         json={

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import httpx
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from runbook.errors import CheckFailedError, ConfigError, TargetUnreachableError
-from runbook.redact import known_secrets, redact
+from runbook.errors import ConfigError
 from runbook.settings import get_settings
 from tasks._policy import RETRY_DELAYS_SECONDS, RETRY_JITTER_FACTOR, only_transient
+from tasks.http import call_api
 
 Status = Literal["investigating", "identified", "monitoring", "resolved"]
 Impact = Literal["none", "minor", "major", "critical"]
@@ -41,25 +40,13 @@ def _send(method: str, path: str, what: str, fields: dict[str, Any]) -> Any:
         raise ConfigError(f"RUNBOOK_STATUSPAGE_TOKEN is not set; cannot {what}")
     base = str(settings.statuspage_api_url).rstrip("/")
     url = f"{base}/pages/{settings.statuspage_page_id}/incidents{path}"
-    try:
-        response = httpx.request(
-            method,
-            url,
-            json={"incident": fields},
-            headers={"Authorization": f"OAuth {token}"},
-            timeout=10,
-        )
-    except httpx.TransportError as exc:
-        raise TargetUnreachableError(
-            f"could not {what}: {type(exc).__name__}"
-        ) from None
-    if response.status_code >= 500 or response.status_code == 429:
-        raise TargetUnreachableError(f"could not {what}: HTTP {response.status_code}")
-    if response.status_code >= 400:
-        detail = redact(response.text[:200], known_secrets())
-        raise CheckFailedError(
-            f"could not {what}: HTTP {response.status_code} {detail}"
-        )
+    response = call_api(
+        method,
+        url,
+        what,
+        json={"incident": fields},
+        headers={"Authorization": f"OAuth {token}"},
+    )
     return response.json()
 
 
