@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 from psycopg import sql
 
+from flows.backup import backup
 from runbook.backups import MANIFEST_NAME, Manifest, backup_prefix
 from runbook.settings import get_settings
 from sandbox.stack import Sandbox
@@ -172,3 +175,25 @@ def run_cli(*args: str) -> tuple[int, dict[str, Any], str]:
     except ValueError:
         body = {}
     return done.returncode, body, done.stderr
+
+
+@contextlib.contextmanager
+def backup_waiting_on_a_lock() -> Iterator[dict[str, Any]]:
+    """Start a full backup that waits on a table lock, its dump's upload open.
+
+    On exit the lock goes and the backup is joined; ``outcome["result"]`` then holds
+    its ``(completed, result)``.
+    """
+    blocker = psycopg.connect(database_url())
+    blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(result=run(backup)), daemon=True
+    )
+    runner.start()
+    try:
+        wait_until(open_multipart_uploads, "the dump's multipart upload")
+        yield outcome
+    finally:
+        blocker.close()
+        runner.join(timeout=120)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from tasks.redis_restore import (
 from tests.backup_helpers import (
     artifact,
     backup_keys,
+    backup_waiting_on_a_lock,
     database_url,
     notifications,
     open_multipart_uploads,
@@ -127,21 +127,10 @@ class TestBackupFailures:
     def test_db_down_mid_dump_leaves_no_manifest_nor_open_upload(
         self, backup_env: Sandbox, fault: Any
     ) -> None:
-        blocker = psycopg.connect(database_url())
-        blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        outcome: dict[str, Any] = {}
-        runner = threading.Thread(
-            target=lambda: outcome.update(result=run(backup)), daemon=True
-        )
-        runner.start()
-        try:
+        with backup_waiting_on_a_lock() as outcome:
             # pg_dump has started, its upload is open, and it waits on the lock
-            wait_until(open_multipart_uploads, "the dump's multipart upload")
             wait_until(pg_dump_waits_on_a_lock, "pg_dump to wait on the table lock")
             fault("db-down")
-            runner.join(timeout=120)
-        finally:
-            blocker.close()
         completed, error = outcome["result"]
         assert not completed
         assert "dump database" in str(error) or "PostgreSQL" in str(error)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import psycopg
 import pytest
 
@@ -23,9 +20,9 @@ from runbook.errors import RefusedError
 from runbook.settings import get_settings
 from sandbox.stack import Sandbox
 from tests.backup_helpers import (
+    backup_waiting_on_a_lock,
     database_url,
     databases,
-    open_multipart_uploads,
     read_manifest,
     redis_client,
     redis_state,
@@ -34,7 +31,6 @@ from tests.backup_helpers import (
     s3,
     table_fingerprints,
     upload_checksums,
-    wait_until,
 )
 
 pytest_plugins = ["tests.backup_fixtures"]
@@ -188,22 +184,11 @@ class TestRefusals:
     def test_restore_while_a_backup_runs(self, backup_env: Sandbox) -> None:
         completed, earlier = run(backup, components=[Component.REDIS])
         assert completed, earlier
-        blocker = psycopg.connect(database_url())
-        blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        outcome: dict[str, Any] = {}
-        runner = threading.Thread(
-            target=lambda: outcome.update(result=run(backup)), daemon=True
-        )
-        runner.start()
-        try:
-            wait_until(open_multipart_uploads, "the backup to be under way")
+        with backup_waiting_on_a_lock() as outcome:
             completed, error = run(
                 restore, backup_id=earlier["backup_id"], components=[Component.REDIS]
             )
             overlapping, second = run(backup, components=[Component.REDIS])
-        finally:
-            blocker.close()
-            runner.join(timeout=120)
         assert not completed and not overlapping
         for refusal in (error, second):
             assert isinstance(refusal, RefusedError)
