@@ -23,6 +23,21 @@ RETRY_DELAYS_SECONDS = [1, 3, 9]
 RETRY_JITTER_FACTOR = 0.5
 
 
+def transient_retries(attempts: int = 3) -> dict[str, Any]:
+    """Return task options that retry transient failures ``attempts`` times.
+
+    Args:
+        attempts: retries after the first try, at 1, 3, 9 ... seconds with jitter.
+    """
+    return {
+        "retries": attempts,
+        "retry_delay_seconds": RETRY_DELAYS_SECONDS[:attempts],
+        "retry_jitter_factor": RETRY_JITTER_FACTOR,
+        "retry_condition_fn": only_transient,
+        "cache_policy": NO_CACHE,
+    }
+
+
 def probe_task(name: str, timeout_seconds: float = 30) -> Any:
     """Return the decorator of a health probe: one quick retry, then a verdict.
 

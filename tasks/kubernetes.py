@@ -30,20 +30,16 @@ from runbook.errors import (
     TargetUnreachableError,
 )
 from runbook.settings import get_settings
-from tasks._policy import RETRY_DELAYS_SECONDS, RETRY_JITTER_FACTOR, only_transient
+from tasks._policy import (
+    transient_retries,
+)
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 CHANGE_CAUSE_ANNOTATION = "kubernetes.io/change-cause"
 HASH_LABEL = "pod-template-hash"
 REQUEST_TIMEOUT_SECONDS = (5, 30)  # connect, read
 ROLLOUT_POLL_SECONDS = 0.5
-RETRIES: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": RETRY_DELAYS_SECONDS,
-    "retry_jitter_factor": RETRY_JITTER_FACTOR,
-    "retry_condition_fn": only_transient,
-    "cache_policy": NO_CACHE,
-}
+RETRIES = transient_retries()
 
 
 class RolloutFailedError(CheckFailedError):

@@ -19,25 +19,20 @@ from typing import Any
 
 import httpx
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prometheus_client.parser import text_string_to_metric_families
 
 from runbook.errors import CheckFailedError, TargetUnreachableError
 from runbook.settings import get_settings
-from tasks._policy import RETRY_DELAYS_SECONDS, RETRY_JITTER_FACTOR, only_transient
+from tasks._policy import (
+    transient_retries,
+)
 
 REQUESTS = "http_requests_total"
 DURATION = "http_request_duration_seconds"
 SELECTOR = 'route!="/metrics"'
 PROMETHEUS_MIN_WINDOW_SECONDS = 60  # rate() needs two scrapes inside its window
 QUANTILE = 0.95
-RETRIES: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": RETRY_DELAYS_SECONDS[:2],
-    "retry_jitter_factor": RETRY_JITTER_FACTOR,
-    "retry_condition_fn": only_transient,
-    "cache_policy": NO_CACHE,
-}
+RETRIES = transient_retries(2)
 
 
 def histogram_quantile(quantile: float, buckets: dict[float, float]) -> float:

@@ -5,26 +5,18 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from runbook.errors import CheckFailedError, ConfigError
 from runbook.redact import known_secrets, redact
 from runbook.settings import get_settings
-from tasks._policy import RETRY_JITTER_FACTOR, only_transient
+from tasks._policy import transient_retries
 from tasks.http import call_api
 
 Severity = Literal["critical", "error", "warning", "info"]
 SOURCE = "bpmn-studio-runbook"
 
 
-@task(
-    name="post-slack-message",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_jitter_factor=RETRY_JITTER_FACTOR,
-    retry_condition_fn=only_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="post-slack-message", **transient_retries())
 def post_slack_message(text: str, channel: str | None = None) -> str:
     """Post ``text`` to Slack with chat.postMessage and return the message's ts.
 
@@ -51,14 +43,7 @@ def post_slack_message(text: str, channel: str | None = None) -> str:
     return str(body["ts"])
 
 
-@task(
-    name="trigger-pagerduty",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_jitter_factor=RETRY_JITTER_FACTOR,
-    retry_condition_fn=only_transient,
-    cache_policy=NO_CACHE,
-)
+@task(name="trigger-pagerduty", **transient_retries())
 def trigger_pagerduty(
     summary: str, dedup_key: str, severity: Severity = "error"
 ) -> str:

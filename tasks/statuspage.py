@@ -10,22 +10,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from runbook.errors import ConfigError
 from runbook.settings import get_settings
-from tasks._policy import RETRY_DELAYS_SECONDS, RETRY_JITTER_FACTOR, only_transient
+from tasks._policy import (
+    transient_retries,
+)
 from tasks.http import call_api
 
 Status = Literal["investigating", "identified", "monitoring", "resolved"]
 Impact = Literal["none", "minor", "major", "critical"]
-RETRIES: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": RETRY_DELAYS_SECONDS,
-    "retry_jitter_factor": RETRY_JITTER_FACTOR,
-    "retry_condition_fn": only_transient,
-    "cache_policy": NO_CACHE,
-}
+RETRIES = transient_retries()
 
 
 def _send(method: str, path: str, what: str, fields: dict[str, Any]) -> Any:

@@ -29,17 +29,11 @@ from runbook.backups import (
 from runbook.errors import CheckFailedError, RefusedError
 from runbook.settings import get_settings
 from tasks import storage
-from tasks._policy import RETRY_JITTER_FACTOR, only_transient
+from tasks._policy import transient_retries
 from tasks.storage_stream import iter_object
 
 DELETE_BATCH = 1000
-RETRIES: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": [1, 3, 9],
-    "retry_jitter_factor": RETRY_JITTER_FACTOR,
-    "retry_condition_fn": only_transient,
-    "cache_policy": NO_CACHE,
-}
+RETRIES = transient_retries()
 
 
 def _location() -> tuple[Any, str, str]:
