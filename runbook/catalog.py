@@ -94,9 +94,13 @@ def load_catalog(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
 def find_flow(name: str) -> Flow[Any, Any]:
     """Return the flow called ``name``, listing the known ones when there is none."""
     specs = load_catalog()
+    # A deployment's name needs only its own module; a flow's name needs them all
+    for spec in specs:
+        if spec.name == name:
+            return spec.load_flow()
     for spec in specs:
         flow = spec.load_flow()
-        if name in (flow.name, spec.name):
+        if flow.name == name:
             return flow
     known = ", ".join(sorted(spec.name for spec in specs))
     raise ConfigError(f"no flow named {name!r}; known flows: {known}")

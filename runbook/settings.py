@@ -183,7 +183,7 @@ class Settings(BaseSettings):
         "bucket (uploads_bucket/uploads_prefix).",
     )
     backup_part_size_mb: int = Field(
-        8, ge=5, le=512, description="Part size of streamed multipart uploads."
+        5, ge=5, le=512, description="Part size of streamed multipart uploads."
     )
     backup_part_concurrency: int = Field(
         2, ge=1, le=16, description="Parts of one stream uploaded at once."
@@ -195,18 +195,23 @@ class Settings(BaseSettings):
         1, ge=1, le=19, description="zstd level of database and Redis streams."
     )
     backup_zstd_threads: int = Field(
-        -1, ge=-1, le=64, description="zstd worker threads; -1 means one per CPU."
+        0,
+        ge=-1,
+        le=64,
+        description="zstd worker threads: 0 compresses in the streaming thread "
+        "(enough to outpace pg_dump), -1 means one per CPU.",
     )
     restore_jobs: int = Field(
-        1,
+        2,
         ge=1,
         le=32,
-        description="pg_restore jobs; 1 (the benchmark's pick) streams from S3 with "
-        "no temporary file, more download to a temporary file (the dump's size) "
-        "and restore in parallel.",
+        description="Connections loading each table's rows during a restore; 1 "
+        "is pg_restore's own single-connection restore. Both stream from S3.",
     )
     restore_temp_dir: Path | None = Field(
-        None, description="Folder for restore's temporary files; default: system's."
+        None,
+        description="Folder for restore's temporary files (the Redis snapshot); "
+        "default: the system's.",
     )
     redis_server_bin: Path | None = Field(
         None,

@@ -7,6 +7,8 @@ wheel's, else PATH. The password goes to them in ``PGPASSWORD``, never on argv.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import os
 import re
@@ -23,6 +25,7 @@ from runbook.errors import CheckFailedError, ConfigError
 from runbook.redact import known_secrets, redact
 from runbook.settings import get_settings
 
+PIPE_BYTES = 1024 * 1024  # Linux's default cap for an unprivileged pipe
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
@@ -74,6 +77,13 @@ def child_env(url: str) -> tuple[str, dict[str, str]]:
     return make_conninfo("", **params), env
 
 
+def _widen(fd: int) -> None:
+    # A pipe of 64 KiB stalls pg_dump whenever its reader is busy compressing
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
 class ClientProgram:
     """A client program whose stderr is kept (last lines) for the error message."""
 
@@ -82,6 +92,9 @@ class ClientProgram:
         self.process = subprocess.Popen(  # noqa: S603 (argv list, no shell)
             argv, env=env, stderr=subprocess.PIPE, **pipes
         )
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                _widen(pipe.fileno())
         self._stderr: deque[str] = deque(maxlen=20)
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import tempfile
+import threading
 import time
+from pathlib import Path
 from typing import IO, Any, cast
 
 import psycopg
@@ -21,12 +22,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 
-from runbook.backups import StoredObject
+from runbook.backups import BackupMismatchError, StoredObject
 from runbook.errors import RefusedError
 from runbook.settings import get_settings
 from tasks import storage
 from tasks.postgres import connect, count_table_rows, server_url
 from tasks.postgres_client import ClientProgram, child_env, client_version, pg_binary
+from tasks.postgres_load import ParallelLoad
 from tasks.storage_stream import MIB, MultipartUpload, VerifiedObject, decompress_into
 
 READ_BYTES = MIB
@@ -161,21 +163,78 @@ def _restore_streaming(
     checked: VerifiedObject, argv: list[str], env: dict[str, str], what: str
 ) -> None:
     child = ClientProgram(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert child.process.stdin is not None
     try:
-        try:
-            decompress_into(checked, child.process.stdin)
-        except BrokenPipeError:
-            # pg_restore stopped reading: a damaged object is the likelier cause
-            checked.drain_and_verify()
-            child.wait(what)
-            raise
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                child.process.stdin.close()
+        _feed_archive(checked, child, what)
         child.wait(what)
     finally:
         child.kill()
+
+
+def _feed_archive(checked: VerifiedObject, child: ClientProgram, what: str) -> None:
+    """Write the decompressed dump into ``child``'s stdin, then close it."""
+    assert child.process.stdin is not None
+    try:
+        decompress_into(checked, child.process.stdin)
+    except BrokenPipeError:
+        # pg_restore stopped reading: a damaged object is the likelier cause
+        checked.drain_and_verify()
+        child.wait(what)
+        raise
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            child.process.stdin.close()
+
+
+def _restore_parallel(
+    checked: VerifiedObject,
+    pg_restore: Path,
+    database: str,
+    jobs: int,
+    what: str,
+) -> None:
+    """Stream the dump through pg_restore's script into ``jobs`` loading connections.
+
+    pg_restore turns the archive into SQL (``--file=-``) as it arrives; a feeding
+    thread writes the archive in while this thread loads what comes out.
+    """
+    url = server_url(database)
+    conninfo, env = child_env(url)
+    script = ClientProgram(
+        [str(pg_restore), "--file=-"],
+        env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    failures: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            _feed_archive(checked, script, what)
+        except BaseException as exc:  # raised below, in the task's thread
+            failures.append(exc)
+
+    feeder = threading.Thread(target=feed, name="restore-feed", daemon=True)
+    feeder.start()
+    load = ParallelLoad(url, conninfo, env, jobs)
+    try:
+        assert script.process.stdout is not None
+        try:
+            load.run(script.process.stdout)
+        except BaseException:
+            script.kill()
+            feeder.join()
+            # A damaged object breaks the script too: say so rather than how
+            for failure in failures:
+                if isinstance(failure, BackupMismatchError):
+                    raise failure from None
+            raise
+        feeder.join()
+        if failures:
+            raise failures[0]
+        script.wait(what)
+    finally:
+        script.kill()
+        feeder.join()
 
 
 # No task retries: a failed restore drops its database; rerunning is a decision.
@@ -185,9 +244,10 @@ def restore_database(
 ) -> dict[str, Any]:
     """Create ``database`` and restore a backup's dump into it, checking its sha256.
 
-    With ``restore_jobs`` of 1 the dump streams from S3 into pg_restore; with more
-    it is written to a temporary file and restored by that many parallel jobs. A
-    failure drops the new database again.
+    The dump streams from S3 with no temporary file. With ``restore_jobs`` of 1
+    pg_restore loads it over one connection; with more, every table's rows are
+    split over that many connections (``ParallelLoad``). A failure drops the new
+    database again.
 
     Args:
         bucket: backup bucket.
@@ -195,35 +255,25 @@ def restore_database(
         database: the new database; it must not exist.
     """
     logger = get_run_logger()
-    settings = get_settings()
-    jobs = settings.restore_jobs
+    jobs = get_settings().restore_jobs
     pg_restore = pg_binary("pg_restore")
-    conninfo, env = child_env(server_url(database))
-    argv = [str(pg_restore), "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
     started = time.perf_counter()
     _create_database(database)
     logger.info("Created database %r", database)
+    what = f"restore into database {database!r}"
     try:
         checked = VerifiedObject(bucket, stored)
         if jobs == 1:
-            _restore_streaming(checked, argv, env, f"restore into {database!r}")
-            temp_bytes = 0
+            conninfo, env = child_env(server_url(database))
+            argv = [
+                str(pg_restore),
+                "--exit-on-error",
+                "--no-password",
+                f"--dbname={conninfo}",
+            ]
+            _restore_streaming(checked, argv, env, what)
         else:
-            with tempfile.NamedTemporaryFile(
-                prefix="runbook-restore-", suffix=".dump", dir=settings.restore_temp_dir
-            ) as dump_file:
-                temp_bytes = decompress_into(checked, dump_file)
-                dump_file.flush()
-                child = ClientProgram(
-                    [*argv, f"--jobs={jobs}", dump_file.name],
-                    env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                )
-                try:
-                    child.wait(f"restore into database {database!r}")
-                finally:
-                    child.kill()
+            _restore_parallel(checked, pg_restore, database, jobs, what)
     except BaseException:
         _drop_database(database)
         logger.warning("Dropped the partly restored database %r", database)
@@ -236,9 +286,4 @@ def restore_database(
         jobs,
         seconds,
     )
-    return {
-        "database": database,
-        "jobs": jobs,
-        "seconds": seconds,
-        "temp_bytes": temp_bytes,
-    }
+    return {"database": database, "jobs": jobs, "seconds": seconds}

@@ -8,6 +8,8 @@ so no half-written object and no open multipart upload is left behind.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 from collections import deque
@@ -29,6 +31,24 @@ MAX_PARTS = 10_000
 # The part size doubles every this many parts, so any stream fits in 10,000 parts.
 PARTS_PER_SIZE_STEP = 2_000
 ABORT_ATTEMPTS = 3
+# glibc's mallopt parameter number for the mmap threshold
+M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def release_big_buffers_on_free() -> None:
+    """Have the C allocator hand freed stream buffers back to the system at once.
+
+    glibc raises its mmap threshold each time a big block is freed, after which
+    parts and chunks are carved from the heap and stay resident; a fixed
+    threshold keeps a long stream's memory flat. Does nothing off glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    if not mallopt(M_MMAP_THRESHOLD, MIB):
+        logger.debug("The C allocator refused a fixed mmap threshold")
 
 
 class MultipartUpload:
@@ -47,6 +67,7 @@ class MultipartUpload:
         self.size_bytes = 0
         self._sha256 = hashlib.sha256()
         self._buffer = bytearray()
+        release_big_buffers_on_free()
         self._parts: list[dict[str, Any]] = []
         self._pending: deque[Future[dict[str, Any]]] = deque()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3-part")
@@ -73,15 +94,18 @@ class MultipartUpload:
         """Take ``data``; send full parts, waiting while too many are in flight."""
         self._sha256.update(data)
         self.size_bytes += len(data)
-        self._buffer += data
-        while len(self._buffer) >= self.part_size:
-            with memoryview(self._buffer) as view:
-                part = bytes(view[: self.part_size])  # the one copy made
-            del self._buffer[: self.part_size]
-            self._send(part)
+        view = memoryview(data)
+        while view:
+            room = self.part_size - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
+            if len(self._buffer) >= self.part_size:
+                # The full buffer itself is sent: no copy of it is made
+                part, self._buffer = self._buffer, bytearray()
+                self._send(part)
         return len(data)
 
-    def _send(self, body: bytes) -> None:
+    def _send(self, body: bytearray) -> None:
         while len(self._pending) >= self.concurrency:
             self._parts.append(self._pending.popleft().result())
         number = len(self._parts) + len(self._pending) + 1
@@ -93,7 +117,7 @@ class MultipartUpload:
         if number % PARTS_PER_SIZE_STEP == 0:
             self.part_size *= 2
 
-    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+    def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
         try:
             answer = self.s3.upload_part(
                 Bucket=self.bucket,
@@ -125,8 +149,8 @@ class MultipartUpload:
 
     def _complete(self) -> None:
         if self._buffer or not (self._parts or self._pending):
-            self._send(bytes(self._buffer))
-            self._buffer.clear()
+            part, self._buffer = self._buffer, bytearray()
+            self._send(part)
         while self._pending:
             self._parts.append(self._pending.popleft().result())
         try:

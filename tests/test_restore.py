@@ -90,9 +90,12 @@ class TestRestoreFromTheCommandLine:
 class TestRestore:
     """Restoring beside the live data, and the undo of a failed replace."""
 
+    @pytest.mark.parametrize("jobs", [1, 2])
     def test_new_mode_restores_beside_and_leaves_live_alone(
-        self, backup_env: Sandbox
+        self, backup_env: Sandbox, monkeypatch: pytest.MonkeyPatch, jobs: int
     ) -> None:
+        monkeypatch.setenv("RUNBOOK_RESTORE_JOBS", str(jobs))
+        get_settings.cache_clear()
         completed, made = run(backup)
         assert completed, made
         with psycopg.connect(database_url(), autocommit=True) as conn:
@@ -104,6 +107,7 @@ class TestRestore:
         assert completed, summary
         restored = restore_database_name("bpmn_studio", made["backup_id"])
         assert summary["database"]["database"] == restored
+        assert summary["database"]["jobs"] == jobs
         assert table_fingerprints(restored).keys() == live.keys()
         assert table_fingerprints() == live
         assert set(redis_state()) == set(keys)
