@@ -10,6 +10,7 @@ from prefect.input import RunInput
 from runbook.errors import RefusedError
 
 APPROVAL_TIMEOUT_SECONDS = 3600
+APPROVAL_POLL_SECONDS = 2  # how soon an answer given in the UI takes effect
 
 
 class Approval(RunInput):
@@ -47,7 +48,11 @@ def request_approval(action: str, details_markdown: str) -> None:
     form = Approval.with_initial_data(
         description=f"### Approve: {action}\n\n{details_markdown}", approve=False
     )
-    answer = pause_flow_run(wait_for_input=form, timeout=APPROVAL_TIMEOUT_SECONDS)
+    answer = pause_flow_run(
+        wait_for_input=form,
+        timeout=APPROVAL_TIMEOUT_SECONDS,
+        poll_interval=APPROVAL_POLL_SECONDS,
+    )
     if not answer.approve:
         raise RefusedError(f"{action} was not approved; nothing was changed")
     logger.info("Approved to %s (%s)", action, answer.comment or "no comment")

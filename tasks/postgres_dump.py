@@ -78,35 +78,37 @@ def dump_database(
             f"--dbname={conninfo}",
         ]
         logger.debug("Starting pg_dump of %r into s3://%s/%s", database, bucket, key)
-        s3 = storage.client(timeout_seconds=60)
-        upload = MultipartUpload(
-            s3,
-            bucket,
-            key,
-            settings.backup_part_size_mb * MIB,
-            settings.backup_part_concurrency,
-        )
-        compressor = zstandard.ZstdCompressor(
-            level=settings.backup_zstd_level,
-            threads=settings.backup_zstd_threads,
-            write_checksum=True,
+        # pg_dump starts first: its first bytes wait in the pipe while S3 is set up
+        child = ClientProgram(
+            argv, env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
         )
         dump_bytes = 0
-        with upload:
-            child = ClientProgram(
-                argv, env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+        try:
+            upload = MultipartUpload(
+                storage.client(timeout_seconds=60),
+                bucket,
+                key,
+                settings.backup_part_size_mb * MIB,
+                settings.backup_part_concurrency,
             )
-            try:
-                assert child.process.stdout is not None
-                with compressor.stream_writer(
+            compressor = zstandard.ZstdCompressor(
+                level=settings.backup_zstd_level,
+                threads=settings.backup_zstd_threads,
+                write_checksum=True,
+            )
+            assert child.process.stdout is not None
+            with (
+                upload,
+                compressor.stream_writer(
                     cast(IO[bytes], upload), closefd=False
-                ) as zstd:
-                    while chunk := child.process.stdout.read(READ_BYTES):
-                        dump_bytes += len(chunk)
-                        zstd.write(chunk)
-                    child.wait(f"dump database {database!r}")
-            finally:
-                child.kill()
+                ) as zstd,
+            ):
+                while chunk := child.process.stdout.read(READ_BYTES):
+                    dump_bytes += len(chunk)
+                    zstd.write(chunk)
+                child.wait(f"dump database {database!r}")
+        finally:
+            child.kill()
         row_counts = count_table_rows(conn)
         conn.rollback()
     seconds = round(time.perf_counter() - started, 3)
