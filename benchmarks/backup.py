@@ -150,27 +150,35 @@ class Bench:
                     if not case.keep:
                         self.delete_prefix(case.stored_prefix)
         for case in cases:
-            results = measured[case.label]
-            walls = sorted(r.wall_seconds for r in results)
-            row = {
-                "group": group,
-                "label": case.label,
-                "wall_seconds": round(statistics.median(walls), 2),
-                "wall_range": f"{walls[0]:.1f}-{walls[-1]:.1f}" if repeat > 1 else "",
-                "peak_rss_mb": round(max(r.peak_rss_bytes for r in results) / MIB, 1),
-                "cpu_seconds": round(
-                    statistics.median(r.cpu_seconds for r in results), 1
-                ),
-                "temp_disk_mb": round(max(r.temp_disk_bytes for r in results) / MIB, 1),
-                "stored_mb": round(stored[case.label] / MIB, 1)
-                if case.label in stored
-                else None,
-                "reference": case.reference,
-                **case.extra,
-            }
-            print(f"    {row}", flush=True)
-            self.results.append(row)
+            self.record(group, case, measured[case.label], stored.get(case.label))
         return measured
+
+    def record(
+        self,
+        group: str,
+        case: Case,
+        results: list[Measurement],
+        stored: int | None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Add a result row: median wall time, highest peak memory and temp disk."""
+        walls = sorted(r.wall_seconds for r in results)
+        row = {
+            "group": group,
+            "label": case.label,
+            "wall_seconds": round(statistics.median(walls), 2),
+            "wall_range": f"{walls[0]:.1f}-{walls[-1]:.1f}" if len(walls) > 1 else "",
+            "peak_rss_mb": round(max(r.peak_rss_bytes for r in results) / MIB, 1),
+            "cpu_seconds": round(statistics.median(r.cpu_seconds for r in results), 1),
+            "temp_disk_mb": round(max(r.temp_disk_bytes for r in results) / MIB, 1),
+            "stored_mb": None if stored is None else round(stored / MIB, 1),
+            "reference": case.reference,
+            **case.extra,
+            **extra,
+        }
+        print(f"    {row}", flush=True)
+        self.results.append(row)
+        return row
 
     def runbook(self, *args: str) -> list[str]:
         """Return argv running ``runbook ARGS`` from this project."""
@@ -327,7 +335,15 @@ def make_uploads(folder: Path, count: int) -> int:
     return total
 
 
-def bench_uploads(bench: Bench, count: int) -> None:
+def _objects_sent(case: Case, result: Measurement) -> int:
+    if case.label.startswith("runbook"):
+        return int(summary_of(result)["uploads_copied"])
+    return sum(
+        1 for line in result.stdout.splitlines() if line.startswith(("upload:", "cp "))
+    )
+
+
+def bench_uploads(bench: Bench, count: int, repeat: int) -> None:
     """Copy a folder of uploads to S3 three ways, then again with nothing changed."""
     folder = bench.work / "uploads"
     total = make_uploads(folder, count)
@@ -354,22 +370,34 @@ def bench_uploads(bench: Bench, count: int) -> None:
             stored_prefix="s5cmd-sync/",
         ),
     ]
-    for case in cases:
-        # Each tool starts from an empty prefix, then runs again with no change.
-        case.keep = True
-        for attempt in ("first", "no change"):
-            result = bench.run_rounds(f"uploads ({attempt})", [case], 1)[case.label]
-            row = bench.results[-1]
-            if case.label.startswith("runbook"):
-                row["objects_sent"] = summary_of(result[-1])["uploads_copied"]
-            else:
-                row["objects_sent"] = sum(
-                    1
-                    for line in result[-1].stdout.splitlines()
-                    if line.startswith(("upload:", "cp "))
+    attempts = ("first", "no change")
+    measured: dict[tuple[str, str], list[Measurement]] = {
+        (case.label, attempt): [] for case in cases for attempt in attempts
+    }
+    stored: dict[str, int] = {}
+    for round_number in range(1, repeat + 1):
+        # Each tool starts from an empty prefix, then runs again with no change
+        for case in cases:
+            assert case.stored_prefix is not None
+            for attempt in attempts:
+                print(f"  uploads: {case.label}, {attempt} (run {round_number})")
+                env = {**bench.env, **case.env}
+                measured[case.label, attempt].append(
+                    measure(case.label, case.command, env, bench.temp("run"))
                 )
-        assert case.stored_prefix is not None
-        bench.delete_prefix(case.stored_prefix)
+            stored[case.label] = bench.stored_bytes(case.stored_prefix)
+            bench.delete_prefix(case.stored_prefix)
+    for attempt in attempts:
+        for case in cases:
+            results = measured[case.label, attempt]
+            sent = [_objects_sent(case, result) for result in results]
+            bench.record(
+                f"uploads ({attempt})",
+                case,
+                results,
+                stored[case.label],
+                objects_sent=max(sent),
+            )
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -450,7 +478,7 @@ def main() -> int:
                 if "restore" in groups:
                     bench_restore(bench, summary["backup_id"], args.repeat)
             if "uploads" in groups:
-                bench_uploads(bench, args.files)
+                bench_uploads(bench, args.files, args.repeat)
     finally:
         if not args.keep:
             sandbox.down()

@@ -39,10 +39,6 @@ class Upload:
     marker: str  # ETag, or size and mtime for a file
 
 
-def _sha256_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
 def _scan_folder(root: Path) -> Iterator[Upload]:
     stack = [root]
     while stack:
@@ -172,13 +168,14 @@ def _put_file(s3: Any, upload: Upload, backup_prefix: str) -> StoredObject | Non
         with path.open("rb") as handle:
             if upload.size_bytes <= part_size:
                 data = handle.read()
+                digest = hashlib.sha256(data).digest()  # once: S3 checks it, we keep it
                 s3.put_object(
                     Bucket=settings.backup_bucket,
                     Key=key,
                     Body=data,
-                    ChecksumSHA256=_sha256_b64(data),
+                    ChecksumSHA256=base64.b64encode(digest).decode(),
                 )
-                size, sha256 = len(data), hashlib.sha256(data).hexdigest()
+                size, sha256 = len(data), digest.hex()
             else:
                 with MultipartUpload(
                     s3, settings.backup_bucket, key, part_size, 2
