@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import psycopg
-import zstandard
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from psycopg import sql
@@ -25,11 +24,10 @@ from psycopg import sql
 from runbook.backups import BackupMismatchError, StoredObject
 from runbook.errors import RefusedError
 from runbook.settings import get_settings
-from tasks import storage
 from tasks.postgres import connect, count_table_rows, server_url
 from tasks.postgres_client import ClientProgram, child_env, client_version, pg_binary
 from tasks.postgres_load import ParallelLoad
-from tasks.storage_stream import MIB, MultipartUpload, VerifiedObject, decompress_into
+from tasks.storage_stream import MIB, VerifiedObject, backup_stream, decompress_into
 
 READ_BYTES = MIB
 
@@ -84,18 +82,7 @@ def dump_database(
         )
         dump_bytes = 0
         try:
-            upload = MultipartUpload(
-                storage.client(timeout_seconds=60),
-                bucket,
-                key,
-                settings.backup_part_size_mb * MIB,
-                settings.backup_part_concurrency,
-            )
-            compressor = zstandard.ZstdCompressor(
-                level=settings.backup_zstd_level,
-                threads=settings.backup_zstd_threads,
-                write_checksum=True,
-            )
+            upload, compressor = backup_stream(bucket, key)
             assert child.process.stdout is not None
             with (
                 upload,

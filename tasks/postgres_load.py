@@ -7,7 +7,8 @@ SQL script pg_restore writes from a stream (``--file=-``) and:
 
 - runs the schema before the first table's rows with psql, and waits for it;
 - splits every ``COPY ... FROM stdin`` block at row boundaries and sends the rows
-  round-robin over ``jobs`` connections, each running the same COPY;
+  round-robin over ``jobs`` connections, each running the same COPY, and waits
+  for all of them to commit before reading on, as psql would;
 - runs everything else (sequence values, large objects, then indexes,
   constraints and triggers) with a second psql, in the script's order.
 
@@ -107,14 +108,16 @@ class _Loader:
     """One connection running its share of every COPY, fed through a queue.
 
     The queue carries a COPY statement, then chunks of rows, then ``_END``; and
-    ``_STOP`` last. After a failure the loader keeps taking items (dropping them)
-    until ``_STOP``, so the reading side never waits on it for ever.
+    ``_STOP`` last. Each finished COPY (committed) is told through ``finished``. A
+    failure is told there too, after which the loader keeps taking items (dropping
+    them) until ``_STOP``, so the reading side never waits on it for ever.
     """
 
     def __init__(self, url: str, session: list[bytes]) -> None:
         self._url = url
         self._session = session
         self.items: queue.Queue[bytes] = queue.Queue(QUEUED_CHUNKS)
+        self.finished: queue.Queue[None] = queue.Queue()
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -124,10 +127,12 @@ class _Loader:
                     conn.execute(line)
                 while (item := self.items.get()) is not _STOP:
                     self._copy(conn, item)
+                    self.finished.put(None)
         except _Stopped:
             return
         except BaseException as exc:  # handed to the reading side
             self.error = exc
+            self.finished.put(None)
             while self.items.get() is not _STOP:
                 pass
 
@@ -243,6 +248,10 @@ class ParallelLoad:
             self._loaders[turn % len(self._loaders)].items.put(chunk)
         for loader in self._loaders:
             loader.items.put(_END)
+        # Whatever follows (a trigger, a constraint) must see every row committed
+        for loader in self._loaders:
+            loader.finished.get()
+        _raise_first(self._loaders)
         self.tables += 1
 
 

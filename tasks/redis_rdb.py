@@ -17,16 +17,14 @@ from typing import IO, Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
-import zstandard
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from runbook.backups import StoredObject
 from runbook.errors import CheckFailedError, TargetUnreachableError
 from runbook.settings import get_settings
-from tasks import storage
 from tasks.redis import client, unreachable
-from tasks.storage_stream import MIB, MultipartUpload
+from tasks.storage_stream import MIB, backup_stream
 
 EOF_MARK_BYTES = 40
 
@@ -174,19 +172,8 @@ def dump_redis(
     settings = get_settings()
     facts = server_facts()
     link = ReplicationLink(settings.secret("redis_url"), 60, eof_capable)
-    compressor = zstandard.ZstdCompressor(
-        level=settings.backup_zstd_level,
-        threads=settings.backup_zstd_threads,
-        write_checksum=True,
-    )
     started = time.perf_counter()
-    upload = MultipartUpload(
-        storage.client(timeout_seconds=60),
-        bucket,
-        key,
-        settings.backup_part_size_mb * MIB,
-        settings.backup_part_concurrency,
-    )
+    upload, compressor = backup_stream(bucket, key)
     with (
         upload,
         compressor.stream_writer(cast(IO[bytes], upload), closefd=False) as zstd,

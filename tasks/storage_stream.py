@@ -22,6 +22,7 @@ import zstandard
 from botocore.exceptions import BotoCoreError, ClientError
 
 from runbook.backups import BackupMismatchError, StoredObject
+from runbook.settings import get_settings
 from tasks.storage import client, translate
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,28 @@ class MultipartUpload:
                 "Aborted multipart upload of s3://%s/%s", self.bucket, self.key
             )
             return
+
+
+def backup_stream(bucket: str, key: str) -> tuple[MultipartUpload, Any]:
+    """Return an upload of ``key`` and a zstd compressor, sized by the settings.
+
+    Write through ``compressor.stream_writer(upload, closefd=False)`` inside
+    ``with upload:``.
+    """
+    settings = get_settings()
+    upload = MultipartUpload(
+        client(timeout_seconds=60),
+        bucket,
+        key,
+        settings.backup_part_size_mb * MIB,
+        settings.backup_part_concurrency,
+    )
+    compressor = zstandard.ZstdCompressor(
+        level=settings.backup_zstd_level,
+        threads=settings.backup_zstd_threads,
+        write_checksum=True,
+    )
+    return upload, compressor
 
 
 def iter_object(

@@ -45,6 +45,17 @@ $$;
 CREATE TRIGGER child_stamp BEFORE INSERT ON child
   FOR EACH ROW EXECUTE FUNCTION stamp();
 SELECT lo_from_bytea(0, '\x6c61726765206f626a656374');
+CREATE TABLE zz_audited (id int, body text, seen_by_trigger bool DEFAULT false);
+CREATE FUNCTION mark() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.seen_by_trigger := true;
+  RETURN NEW;
+END
+$$;
+"""
+AFTER_ROWS = """
+CREATE TRIGGER zz_audited_mark BEFORE INSERT ON zz_audited
+  FOR EACH ROW EXECUTE FUNCTION mark();
 """
 AWKWARD = [
     "line one\nline two",
@@ -99,6 +110,11 @@ def source(stack: Sandbox, settings_env: None) -> Iterator[str]:
                 "INSERT INTO child SELECT g, 2000 + g FROM generate_series(1, 5000) g"
             )
             conn.execute("ALTER TABLE child ENABLE TRIGGER child_stamp")
+            cursor.execute(
+                "INSERT INTO zz_audited SELECT g, repeat(md5(g::text), 32) "
+                "FROM generate_series(1, 40000) g"
+            )
+        conn.execute(AFTER_ROWS)
     yield url
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(
@@ -149,7 +165,7 @@ def _contents(url: str) -> dict[str, Any]:
     """Return what a restore must bring back: rows, objects, the sequence, the LO."""
     with psycopg.connect(url, autocommit=True) as conn:
         facts: dict[str, Any] = {}
-        for table in ("tricky", "child", "untouched"):
+        for table in ("tricky", "child", "untouched", "zz_audited"):
             facts[table] = conn.execute(
                 sql.SQL(
                     "SELECT count(*), md5(coalesce(string_agg(t::text, '|' "
@@ -182,10 +198,15 @@ def test_parallel_load_restores_exactly_what_was_dumped(
     target = f"parallel_target_{jobs}"
     load = _load(stack, script.stdout, target, jobs)
     assert script.wait() == 0
-    assert load.tables == 3
+    assert load.tables == 4
     expected = _contents(source)
     assert expected["tricky"][0] == len(AWKWARD) + 1 + 38001
     assert _contents(_url(stack, target)) == expected
+    with psycopg.connect(_url(stack, target)) as conn:
+        marked = conn.execute(
+            "SELECT count(*) FROM zz_audited WHERE seen_by_trigger"
+        ).fetchone()
+    assert marked == (0,)
 
 
 def test_a_row_the_server_rejects_fails_the_load(stack: Sandbox, dump: Path) -> None:
