@@ -1,7 +1,8 @@
 """Run a command and measure it: wall time, peak memory of its process tree, temp disk.
 
 Memory is sampled every 20 ms as the sum of the resident set sizes of the command's
-process and all its descendants; temporary disk as the size of the folder the
+process and all its descendants (a child forked but not yet exec'd is skipped: it
+reports its parent's pages); temporary disk as the size of the folder the
 command is given as TMPDIR (and any file it is told to write there); CPU time as the
 user and system time of the command and its descendants.
 """
@@ -54,10 +55,17 @@ def _tree_rss(process: psutil.Process) -> int:
         return 0
     for member in members:
         try:
+            if member is not process and _not_yet_exec(member):
+                continue  # a fresh fork reports its parent's pages as its own
             total += member.memory_info().rss
         except psutil.Error:
             continue
     return total
+
+
+def _not_yet_exec(member: psutil.Process) -> bool:
+    parent = member.parent()
+    return parent is not None and member.cmdline() == parent.cmdline()
 
 
 def measure(
