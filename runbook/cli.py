@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -99,6 +101,8 @@ def run(
     ] = None,
 ) -> None:
     """Run one flow here, against the configured target; print its result as JSON."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     from runbook.catalog import find_flow
     from runbook.settings import get_settings
 
@@ -109,7 +113,11 @@ def run(
         get_settings()
     except RunbookError as exc:
         _fail(str(exc))
-    state = cast("State[Any]", flow(**parameters, return_state=True))
+    # A flow-run heartbeat lets the server notice a worker that died unseen; a run
+    # started here reports its end to whoever started it, and Prefect joins the
+    # heartbeat thread at the end of every run, which costs up to a second.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        state = cast("State[Any]", flow(**parameters, return_state=True))
     outcome = state.result(raise_on_failure=False)
     if state.is_completed():
         typer.echo(json.dumps(outcome, indent=2, default=str))
@@ -209,11 +217,33 @@ def sandbox_fault(
     typer.echo(f"active faults: {', '.join(active) or 'none'}")
 
 
+def _exit_now(status: list[int]) -> None:
+    """End the process with ``status[0]``, skipping the interpreter's teardown.
+
+    Registered before a flow runs, so it is the last exit handler: Prefect's log and
+    event workers have drained (at thread shutdown) and every handler registered during
+    the run has finished. What it skips, freeing some two thousand modules, takes
+    about 0.4 s after a flow run and changes nothing outside the process.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status[0])
+
+
 def main() -> None:
     """Run the command line."""
     # This machine may have no route to Prefect's telemetry endpoint.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    app()
+    status = [1]  # an exception that escapes the command ends the process with 1
+    if sys.argv[1:2] == ["run"]:
+        atexit.register(_exit_now, status)
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+        status[0] = code if isinstance(code, int) else (0 if code is None else 1)
+        raise
 
 
 if __name__ == "__main__":
