@@ -186,7 +186,12 @@ class Settings(BaseSettings):
         5, ge=5, le=512, description="Part size of streamed multipart uploads."
     )
     backup_part_concurrency: int = Field(
-        2, ge=1, le=16, description="Parts of one stream uploaded at once."
+        1,
+        ge=1,
+        le=16,
+        description="Parts of one stream uploaded at once, while the next fills; "
+        "each holds part_size of memory. Raise it when the link to S3, not "
+        "pg_dump, is what a backup waits on.",
     )
     uploads_concurrency: int = Field(
         32, ge=1, le=256, description="Upload objects copied at once."

@@ -90,9 +90,11 @@ def dump_database(
                     cast(IO[bytes], upload), closefd=False
                 ) as zstd,
             ):
-                while chunk := child.process.stdout.read(READ_BYTES):
-                    dump_bytes += len(chunk)
-                    zstd.write(chunk)
+                # One buffer for every read: no fresh megabyte per chunk
+                chunk = memoryview(bytearray(READ_BYTES))
+                while size := child.process.stdout.readinto(chunk):
+                    dump_bytes += size
+                    zstd.write(chunk[:size])
                 child.wait(f"dump database {database!r}")
         finally:
             child.kill()

@@ -32,6 +32,7 @@ MAX_PARTS = 10_000
 # The part size doubles every this many parts, so any stream fits in 10,000 parts.
 PARTS_PER_SIZE_STEP = 2_000
 ABORT_ATTEMPTS = 3
+CHECKSUM = "CRC32"
 # glibc's mallopt parameter number for the mmap threshold
 M_MMAP_THRESHOLD = -3
 
@@ -67,7 +68,8 @@ class MultipartUpload:
         self.concurrency = concurrency
         self.size_bytes = 0
         self._sha256 = hashlib.sha256()
-        self._buffer = bytearray()
+        self._buffer = bytearray(part_size)
+        self._filled = 0
         release_big_buffers_on_free()
         self._parts: list[dict[str, Any]] = []
         self._pending: deque[Future[dict[str, Any]]] = deque()
@@ -81,7 +83,12 @@ class MultipartUpload:
 
     def __enter__(self) -> MultipartUpload:
         try:
-            answer = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key)
+            # Each part carries a CRC32 (botocore adds it); naming the algorithm
+            # here has S3 check every part against it and keep a checksum of
+            # checksums, as aws-cli's uploads do, rather than reread the object.
+            answer = self.s3.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ChecksumAlgorithm=CHECKSUM
+            )
         except (BotoCoreError, ClientError) as exc:
             self._pool.shutdown()
             raise translate(
@@ -97,13 +104,15 @@ class MultipartUpload:
         self.size_bytes += len(data)
         view = memoryview(data)
         while view:
-            room = self.part_size - len(self._buffer)
-            self._buffer += view[:room]
-            view = view[room:]
-            if len(self._buffer) >= self.part_size:
-                # The full buffer itself is sent: no copy of it is made
-                part, self._buffer = self._buffer, bytearray()
-                self._send(part)
+            taken = view[: len(self._buffer) - self._filled]
+            self._buffer[self._filled : self._filled + len(taken)] = taken
+            self._filled += len(taken)
+            view = view[len(taken) :]
+            if self._filled == len(self._buffer):
+                # The full buffer itself is sent: no copy of it is made. A new
+                # one is sized exactly; its pages are taken only as it fills.
+                self._send(self._buffer)
+                self._buffer, self._filled = bytearray(self.part_size), 0
         return len(data)
 
     def _send(self, body: bytearray) -> None:
@@ -126,10 +135,15 @@ class MultipartUpload:
                 UploadId=self._upload_id,
                 PartNumber=number,
                 Body=body,
+                ChecksumAlgorithm=CHECKSUM,
             )
         except (BotoCoreError, ClientError) as exc:
             raise translate(exc, f"upload part {number} of {self.key}") from None
-        return {"PartNumber": number, "ETag": answer["ETag"]}
+        return {
+            "PartNumber": number,
+            "ETag": answer["ETag"],
+            f"Checksum{CHECKSUM}": answer[f"Checksum{CHECKSUM}"],
+        }
 
     def __exit__(
         self,
@@ -149,9 +163,10 @@ class MultipartUpload:
             self._pool.shutdown()
 
     def _complete(self) -> None:
-        if self._buffer or not (self._parts or self._pending):
-            part, self._buffer = self._buffer, bytearray()
-            self._send(part)
+        if self._filled or not (self._parts or self._pending):
+            del self._buffer[self._filled :]  # the last part is the rest
+            self._send(self._buffer)
+            self._buffer, self._filled = bytearray(), 0
         while self._pending:
             self._parts.append(self._pending.popleft().result())
         try:
