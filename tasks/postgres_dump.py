@@ -10,6 +10,7 @@ snapshot, so the manifest's row counts describe exactly what was dumped.
 from __future__ import annotations
 
 import contextlib
+import io
 import subprocess
 import threading
 import time
@@ -83,7 +84,8 @@ def dump_database(
         dump_bytes = 0
         try:
             upload, compressor = backup_stream(bucket, key)
-            assert child.process.stdout is not None
+            # Popen's pipes are buffered readers, typed as plain IO
+            dump = cast(io.BufferedReader, child.process.stdout)
             with (
                 upload,
                 compressor.stream_writer(
@@ -92,7 +94,7 @@ def dump_database(
             ):
                 # One buffer for every read: no fresh megabyte per chunk
                 chunk = memoryview(bytearray(READ_BYTES))
-                while size := child.process.stdout.readinto(chunk):
+                while size := dump.readinto(chunk):
                     dump_bytes += size
                     zstd.write(chunk[:size])
                 child.wait(f"dump database {database!r}")
