@@ -57,6 +57,12 @@ class TestBackup:
                 stored.size_bytes,
                 stored.sha256,
             )
+            if stored.name in (DATABASE_OBJECT, REDIS_OBJECT):
+                # Streamed uploads: S3 checked each part's CRC32 as it came
+                head = client.head_object(
+                    Bucket=bucket, Key=stored.key, ChecksumMode="ENABLED"
+                )
+                assert head.get("ChecksumCRC32"), stored.key
         assert manifest.database is not None
         assert manifest.database.server_version.startswith("18")
         assert manifest.database.row_counts["public.users"] > 0
