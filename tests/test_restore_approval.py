@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -137,6 +138,28 @@ def wait_for_state(
     raise AssertionError(f"gave up waiting for the run to {what}")
 
 
+@dataclass
+class PausedReplace:
+    """A replacing restore paused for approval, and the databases before it began."""
+
+    flow_run: FlowRun
+    inputs: dict[str, Any]
+    staged: str
+    before: set[str]
+
+
+def pause_a_replace(deployment: str, backup_id: str) -> PausedReplace:
+    """Start a replacing restore through ``deployment``; return it once paused.
+
+    By then the backup is staged beside the live database, and nothing else changed.
+    """
+    before = databases()
+    paused, inputs = wait_for_state(start_replace(deployment, backup_id), final=False)
+    staged = staging_database_name(DATABASE, backup_id)
+    assert databases() == before | {staged}
+    return PausedReplace(paused, inputs, staged, before)
+
+
 def run_logs(flow_run_id: UUID) -> list[str]:
     """Return the messages the run logged, as stored by the Prefect API."""
     with get_client(sync_client=True) as client:
@@ -160,11 +183,14 @@ class TestApprovalInADeploymentRun:
         self, restore_deployment: str, backup_then_damage: dict[str, Any]
     ) -> None:
         backup_id = backup_then_damage["backup_id"]
-        staged = staging_database_name(DATABASE, backup_id)
-        before = databases()
-
-        flow_run_id = start_replace(restore_deployment, backup_id)
-        paused, inputs = wait_for_state(flow_run_id, final=False)
+        run = pause_a_replace(restore_deployment, backup_id)
+        paused, inputs, staged, before = (
+            run.flow_run,
+            run.inputs,
+            run.staged,
+            run.before,
+        )
+        flow_run_id = paused.id
         assert paused.deployment_id is not None
         assert paused.state is not None and paused.state.is_paused(), paused.state
         description = inputs["description"]
@@ -177,7 +203,6 @@ class TestApprovalInADeploymentRun:
 
         assert table_fingerprints() == backup_then_damage["damaged"]
         assert not session_ids(backup_then_damage["deleted"])
-        assert databases() == before | {staged}
 
         resume_flow_run(
             flow_run_id, run_input={"approve": True, "comment": "restore ticket 42"}
@@ -200,13 +225,8 @@ class TestApprovalInADeploymentRun:
     def test_refusal_fails_the_run_and_drops_the_staged_copy(
         self, restore_deployment: str, backup_then_damage: dict[str, Any]
     ) -> None:
-        backup_id = backup_then_damage["backup_id"]
-        staged = staging_database_name(DATABASE, backup_id)
-        before = databases()
-
-        flow_run_id = start_replace(restore_deployment, backup_id)
-        wait_for_state(flow_run_id, final=False)
-        assert databases() == before | {staged}
+        run = pause_a_replace(restore_deployment, backup_then_damage["backup_id"])
+        flow_run_id = run.flow_run.id
 
         resume_flow_run(flow_run_id, run_input={"approve": False})
         done, _ = wait_for_state(flow_run_id, final=True)
@@ -215,4 +235,4 @@ class TestApprovalInADeploymentRun:
 
         assert table_fingerprints() == backup_then_damage["damaged"]
         assert not session_ids(backup_then_damage["deleted"])
-        assert databases() == before
+        assert databases() == run.before
