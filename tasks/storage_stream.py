@@ -109,8 +109,8 @@ class MultipartUpload:
             self._filled += len(taken)
             view = view[len(taken) :]
             if self._filled == len(self._buffer):
-                # The full buffer itself is sent: no copy of it is made. A new
-                # one is sized exactly; its pages are taken only as it fills.
+                # The full buffer itself is sent: no copy of it is made. Its
+                # successor is exactly a part's size, never grown by reallocation.
                 self._send(self._buffer)
                 self._buffer, self._filled = bytearray(self.part_size), 0
         return len(data)
