@@ -88,11 +88,9 @@ class TestUp:
         )  # fmt: skip
         api_url = f"http://127.0.0.1:{port}/api"
         try:
+            # "Serving" is logged before Prefect registers them: ask the API
             wait_for(
-                lambda: (
-                    process.poll() is None
-                    and "Serving" in (tmp_path / "up.log").read_text()
-                ),
+                lambda: process.poll() is None and deployment_exists(api_url),
                 "the deployments to be served",
             )
             assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
