@@ -40,6 +40,7 @@ from runbook.settings import get_settings
 from tasks.notify import alert
 from tasks.postgres import LockHeldError, hold_lock
 from tasks.postgres_dump import dump_database
+from tasks.redis_rdb import dump_redis
 from tasks.storage_backups import (
     delete_partial_backup,
     find_newest_backup,
@@ -87,9 +88,6 @@ def backup(
             if Component.UPLOADS in selected:
                 futures[Component.UPLOADS] = copy_uploads.submit(prefix, previous)
             if Component.REDIS in selected:
-                # Imported here: Redis's client library adds some 20 MB to a run
-                from tasks.redis_rdb import dump_redis
-
                 futures[Component.REDIS] = dump_redis.submit(
                     bucket, prefix + REDIS_OBJECT, REDIS_OBJECT
                 )

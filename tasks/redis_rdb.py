@@ -16,14 +16,12 @@ from collections.abc import Iterator
 from typing import IO, Any, cast
 from urllib.parse import unquote, urlsplit
 
-import redis
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from runbook.backups import StoredObject
 from runbook.errors import CheckFailedError, TargetUnreachableError
 from runbook.settings import get_settings
-from tasks.redis import client, unreachable
 from tasks.storage_stream import MIB, backup_stream
 
 EOF_MARK_BYTES = 40
@@ -139,6 +137,12 @@ def server_facts(url: str | None = None) -> dict[str, Any]:
     Args:
         url: Redis URL; the app's when omitted.
     """
+    # Imported here: the client library adds some 20 MB to a process, and the
+    # snapshot itself needs only a socket
+    import redis
+
+    from tasks.redis import client, unreachable
+
     conn = client(url)
     try:
         info = conn.info()
